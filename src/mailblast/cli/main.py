@@ -1,0 +1,80 @@
+"""The ``mailblast`` command: argument parsing, logging set-up and error reporting.
+
+Each command group lives in its own module and registers its sub-commands here. Errors derived
+from MailblastError print as ``error: ...`` with exit status 2; the traceback appears only with
+``--verbose``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from mailblast import __version__
+from mailblast.cli import demo, log, send, sink, status
+from mailblast.errors import ConfigError, MailblastError, TemplateError
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailblast",
+        description="Send one personalized e-mail blast through a pool of SMTP relays, durably.",
+    )
+    parser.add_argument("--version", action="version", version=f"mailblast {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log debug detail and show tracebacks"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (send, status, log, sink, demo):
+        module.register(commands)
+    return parser
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not verbose:
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
+        logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    configure_logging(arguments.verbose)
+    try:
+        result: int = arguments.handler(arguments)
+        return result
+    except (ConfigError, TemplateError) as error:
+        print(f"error: {len(error.problems)} problem(s) found:", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        if arguments.verbose:
+            raise
+        return EXIT_ERROR
+    except MailblastError as error:
+        print(f"error: {error}", file=sys.stderr)
+        cause = error.__cause__
+        while cause is not None:
+            print(f"  caused by: {type(cause).__name__}: {cause}", file=sys.stderr)
+            cause = cause.__cause__
+        if arguments.verbose:
+            raise
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

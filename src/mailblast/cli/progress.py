@@ -1,0 +1,154 @@
+"""Live progress while sending, and the summary printed at the end.
+
+On a terminal a rich progress bar shows sent, deferred and failed counts, the rate and the ETA;
+otherwise (a log file, CI) a plain line is logged every ``LOG_INTERVAL`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mailblast.load import LoadReport
+from mailblast.store.base import FINAL_STATES
+from mailblast.units import format_duration
+
+if TYPE_CHECKING:
+    from mailblast.blast import Summary
+    from mailblast.engine import Engine, RunStats
+
+logger = logging.getLogger("mailblast.engine")
+
+REFRESH_INTERVAL = 0.5
+LOG_INTERVAL = 10.0
+DONE_STATES = FINAL_STATES | {"unknown"}
+
+
+class ProgressDisplay:
+    """Follows a running engine and shows its progress until the run stops."""
+
+    def __init__(self, name: str, interactive: bool | None = None) -> None:
+        self.name = name
+        self.interactive = sys.stderr.isatty() if interactive is None else interactive
+        self.task: asyncio.Task[None] | None = None
+        self.progress: Progress | None = None
+
+    def attach(self, engine: Engine) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._follow(engine))
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    async def _follow(self, engine: Engine) -> None:
+        counts = await engine._db(engine.store.counts, engine.row.id)
+        total = sum(counts.values())
+        done_before = sum(n for state, n in counts.items() if state in DONE_STATES)
+        started = time.monotonic()
+        last_log = started
+        bar_task = None
+        if self.interactive and total:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TextColumn("{task.fields[detail]}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+            self.progress.start()
+            bar_task = self.progress.add_task(self.name, total=total, detail="")
+        while not engine.stopping.is_set():
+            await asyncio.sleep(REFRESH_INTERVAL)
+            line = _status_line(engine.stats, total, done_before, time.monotonic() - started)
+            if self.progress is not None and bar_task is not None:
+                done = done_before + sum(engine.stats.outcomes[s] for s in DONE_STATES)
+                self.progress.update(bar_task, completed=done, detail=line)
+            elif time.monotonic() - last_log >= LOG_INTERVAL:
+                logger.info("campaign %s: %s", self.name, line)
+                last_log = time.monotonic()
+
+
+def _status_line(stats: RunStats, total: int, done_before: int, elapsed: float) -> str:
+    outcomes = stats.outcomes
+    done = done_before + sum(outcomes[s] for s in DONE_STATES)
+    rate = outcomes["sent"] / elapsed if elapsed > 0 else 0.0
+    remaining = max(0, total - done)
+    eta = format_duration(remaining / rate) if rate > 0 and remaining else "-"
+    parts = [
+        f"{done}/{total} final",
+        f"sent {outcomes['sent']}",
+        f"deferred {outcomes['deferred']}",
+        f"bounced {outcomes['bounced']}",
+        f"failed {outcomes['failed']}",
+        f"{rate:.0f} msg/s",
+        f"ETA {eta}",
+    ]
+    if stats.next_due and remaining:
+        wait = stats.next_due - time.time()
+        if wait > 0:
+            parts.append(f"next retry in {format_duration(wait)}")
+    return ", ".join(parts)
+
+
+def print_load(report: LoadReport) -> None:
+    print(
+        f"loaded {report.rows} rows in {report.seconds:.1f}s: {report.queued} queued,"
+        f" {report.rejected} rejected, {report.duplicates} duplicates,"
+        f" {report.suppressed} suppressed"
+    )
+    if report.reject_file:
+        print(f"rejected rows with line numbers and reasons: {report.reject_file}")
+
+
+def print_summary(summary: Summary, stats: RunStats | None = None) -> None:
+    """Print counts by state, per relay messages and rate, and elapsed time."""
+    console = Console(highlight=False)
+    reason = f" ({summary.status_reason})" if summary.status_reason else ""
+    console.print(f"campaign {summary.name}: {summary.status}{reason}")
+    states = Table(title="messages by state", show_edge=False)
+    states.add_column("state")
+    states.add_column("messages", justify="right")
+    for state, count in summary.counts.items():
+        if count:
+            states.add_row(state, str(count))
+    states.add_row("total", str(summary.total))
+    console.print(states)
+    load = summary.load
+    console.print(
+        f"list: {load['rows']} rows read, {load['rejected']} rejected,"
+        f" {load['duplicates']} duplicates, {load['suppressed']} suppressed"
+    )
+    if summary.relays:
+        relays = Table(title="relays", show_edge=False)
+        for column in ("relay", "sent", "deferred", "bounced", "failed", "msg/s"):
+            relays.add_column(column, justify="left" if column == "relay" else "right")
+        for name, totals in sorted(summary.relays.items()):
+            relays.add_row(
+                name,
+                *(str(totals.get(kind, 0)) for kind in ("sent", "deferred", "bounced", "failed")),
+                f"{totals.get('rate', 0.0):.0f}",
+            )
+        console.print(relays)
+    if summary.elapsed is not None:
+        console.print(f"elapsed: {format_duration(summary.elapsed)}")
+    if summary.counts.get("deferred") and summary.next_due:
+        wait = max(0.0, summary.next_due - time.time())
+        console.print(
+            f"{summary.counts['deferred']} deferred; next retry due in {format_duration(wait)}"
+        )
+    if summary.counts.get("unknown"):
+        console.print(
+            f"{summary.counts['unknown']} unknown: the relay may have accepted them; resend with"
+            f" 'mailblast retry {summary.name} --unknown' only if duplicates are acceptable"
+        )
+    if stats is not None and stats.stop_reason:
+        console.print(f"this run stopped: {stats.stop_reason}")

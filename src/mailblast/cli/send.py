@@ -1,0 +1,126 @@
+"""Commands that work from a campaign file: check, send, preview."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from mailblast import blast
+from mailblast.cli.progress import ProgressDisplay, print_load, print_summary
+from mailblast.config import load_campaign
+from mailblast.errors import MailblastError, TemplateError
+from mailblast.recipients import Rejected, read_recipients
+
+
+def register(commands: Any) -> None:
+    check = commands.add_parser(
+        "check",
+        help="validate a campaign offline",
+        description="Validate a campaign file, its templates and its list without sending."
+        " Exit status 0 only when a send could start.",
+    )
+    check.add_argument("campaign", help="campaign TOML file")
+    check.set_defaults(handler=run_check)
+
+    send = commands.add_parser(
+        "send",
+        help="load the list (first time) and send",
+        description="Load the list on the first run, then send every due message. Running it"
+        " again continues where it stopped; messages already sent are never sent again.",
+    )
+    send.add_argument("campaign", help="campaign TOML file")
+    send.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="exit when nothing is due now instead of waiting for deferred retries",
+    )
+    send.add_argument(
+        "--test-to",
+        metavar="ADDRESS",
+        help="send the first rows' messages to ADDRESS instead, outside the campaign's records",
+    )
+    send.add_argument(
+        "--limit",
+        type=int,
+        default=3,
+        metavar="N",
+        help="with --test-to: how many rows to send as proofs (default 3)",
+    )
+    send.set_defaults(handler=run_send)
+
+    preview = commands.add_parser(
+        "preview",
+        help="show the exact bytes one recipient would get",
+        description="Render one recipient's message exactly as it would be sent.",
+    )
+    preview.add_argument("campaign", help="campaign TOML file")
+    preview.add_argument(
+        "--row", type=int, default=1, metavar="N", help="the N-th accepted row (default 1)"
+    )
+    preview.add_argument("--output", metavar="FILE.eml", help="write the message to a file")
+    preview.set_defaults(handler=run_preview)
+
+
+def run_check(arguments: argparse.Namespace) -> int:
+    campaign = load_campaign(arguments.campaign)
+    problems: list[str] = []
+    try:
+        blast.compile_templates(campaign)
+    except TemplateError as error:
+        problems.extend(error.problems)
+    accepted = rejected = 0
+    for item in read_recipients(campaign.recipients):
+        if isinstance(item, Rejected):
+            rejected += 1
+            if rejected <= 20:
+                print(f"{campaign.recipients.path}:{item.line}: rejected: {item.reason}")
+        else:
+            accepted += 1
+    if rejected > 20:
+        print(f"... and {rejected - 20} more rejected rows")
+    print(f"list: {accepted} acceptable rows, {rejected} rejected (duplicates are found at load)")
+    print(f"relays: {', '.join(relay.name for relay in campaign.relays)}")
+    if accepted == 0:
+        problems.append(f"{campaign.recipients.path}: no acceptable recipient")
+    if problems:
+        raise TemplateError(problems)
+    print(f"campaign {campaign.name}: ok")
+    return 0
+
+
+def run_send(arguments: argparse.Namespace) -> int:
+    campaign = load_campaign(arguments.campaign)
+    if arguments.test_to:
+        if arguments.limit < 1:
+            raise MailblastError(f"--limit {arguments.limit} must be at least 1")
+        for line in blast.send_proofs(campaign, arguments.test_to, arguments.limit):
+            print(line)
+        return 0
+    display = ProgressDisplay(campaign.name)
+    summary, stats, report = blast.send(
+        campaign,
+        wait=not arguments.no_wait,
+        install_signal_handlers=True,
+        on_start=display.attach,
+    )
+    display.close()
+    if report is not None:
+        print_load(report)
+    print_summary(summary, stats)
+    return 0
+
+
+def run_preview(arguments: argparse.Namespace) -> int:
+    campaign = load_campaign(arguments.campaign)
+    if arguments.row < 1:
+        raise MailblastError(f"--row {arguments.row} must be at least 1")
+    data = blast.preview(campaign, arguments.row)
+    if arguments.output:
+        Path(arguments.output).write_bytes(data)
+        print(f"wrote {len(data)} bytes to {arguments.output}")
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    return 0

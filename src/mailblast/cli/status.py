@@ -1,0 +1,125 @@
+"""Commands that work from the store alone: status, pause, resume, cancel, retry."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from mailblast import blast
+from mailblast.cli.progress import print_summary
+from mailblast.errors import MailblastError
+
+DEFAULT_STORE = "mailblast.db"
+
+
+def add_store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        default=DEFAULT_STORE,
+        metavar="PATH",
+        help=f"the campaign's store: a SQLite file path (default {DEFAULT_STORE})",
+    )
+
+
+def register(commands: Any) -> None:
+    status = commands.add_parser(
+        "status",
+        help="show a campaign's counts, relays and runs",
+        description="Print the summary of a campaign from its store; works while it is sending.",
+    )
+    status.add_argument("name", help="campaign name")
+    add_store_option(status)
+    status.add_argument("--json", action="store_true", help="print the summary as JSON")
+    status.set_defaults(handler=run_status)
+
+    for command, text in (
+        ("pause", "stop starting new messages; in-flight messages finish"),
+        ("resume", "lift a pause"),
+        ("cancel", "mark every message not yet sent as cancelled"),
+    ):
+        parser = commands.add_parser(
+            command, help=text, description=text[0].upper() + text[1:] + "."
+        )
+        parser.add_argument("name", help="campaign name")
+        add_store_option(parser)
+        if command == "cancel":
+            parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        parser.set_defaults(handler=run_control, action=command)
+
+    retry = commands.add_parser(
+        "retry",
+        help="queue unknown messages again",
+        description="Queue messages whose outcome is unknown (the connection was lost after the"
+        " end of DATA) for another attempt with the same Message-ID. The relay may have accepted"
+        " them already, so a recipient may get the message twice.",
+    )
+    retry.add_argument("name", help="campaign name")
+    add_store_option(retry)
+    retry.add_argument(
+        "--unknown", action="store_true", required=True, help="requeue unknown messages"
+    )
+    retry.set_defaults(handler=run_retry)
+
+
+def run_status(arguments: argparse.Namespace) -> int:
+    with blast.opened(arguments.store) as store:
+        summary = blast.summarise(store, arguments.name)
+    if arguments.json:
+        print(blast.counts_json(summary))
+    else:
+        print_summary(summary)
+        for run in summary.runs:
+            age = time.time() - run["heartbeat_at"]
+            where = f"on {run['host']} (pid {run['pid']})"
+            print(f"run {run['id']} {where}, last heartbeat {age:.0f}s ago")
+    return 0
+
+
+def run_control(arguments: argparse.Namespace) -> int:
+    with blast.opened(arguments.store) as store:
+        row = store.get_campaign(arguments.name)
+        if row is None:
+            raise MailblastError(
+                f"campaign {arguments.name!r} not found in store {arguments.store}"
+            )
+        if row.status in ("cancelled", "done") and arguments.action != "cancel":
+            raise MailblastError(
+                f"campaign {arguments.name} is {row.status}; it cannot be {arguments.action}d"
+            )
+        now = time.time()
+        if arguments.action == "pause":
+            store.set_status(row.id, "paused", "paused by the operator", now)
+        elif arguments.action == "resume":
+            store.set_status(row.id, "active", None, now)
+        else:
+            if not arguments.yes and not _confirm(f"cancel campaign {arguments.name}? [y/N] "):
+                print("not cancelled")
+                return 1
+            store.set_status(row.id, "cancelled", "cancelled by the operator", now)
+            if not store.runs(row.id):
+                store.cancel_remaining(row.id, now)
+    print(f"campaign {arguments.name}: {arguments.action} requested")
+    return 0
+
+
+def _confirm(prompt: str) -> bool:
+    try:
+        return input(prompt).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def run_retry(arguments: argparse.Namespace) -> int:
+    with blast.opened(arguments.store) as store:
+        row = store.get_campaign(arguments.name)
+        if row is None:
+            raise MailblastError(
+                f"campaign {arguments.name!r} not found in store {arguments.store}"
+            )
+        count = store.retry_unknown(row.id, time.time())
+        if count and row.status == "done":
+            store.set_status(row.id, "active", None, time.time())
+    print(f"campaign {arguments.name}: {count} unknown messages queued again")
+    print("run 'mailblast send CAMPAIGN.toml' to send them")
+    return 0

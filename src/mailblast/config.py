@@ -1,0 +1,564 @@
+"""Campaign settings: read a campaign TOML file, validate every key, report all problems at once.
+
+A :class:`Campaign` is plain data. It converts to a JSON-ready dict (:meth:`Campaign.to_dict`)
+and back, which is how the store keeps a campaign so that commands given only its name work.
+Secret values are never part of it: relays carry the name of an environment variable or a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field
+from email.headerregistry import Address
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Any
+
+from mailblast.errors import ConfigError
+from mailblast.units import parse_duration, parse_rate
+
+TLS_MODES = ("none", "starttls", "implicit")
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """One SMTP relay (smarthost) and the limits mailblast keeps towards it."""
+
+    name: str
+    host: str
+    port: int = 25
+    tls: str = "starttls"
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    allow_plaintext_auth: bool = False
+    ehlo_name: str | None = None
+    weight: int = 1
+    max_connections: int = 10
+    rate: float | None = None  # messages per second
+    max_messages_per_connection: int = 100
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+
+    def password(self) -> str | None:
+        """Read the relay password from its environment variable or file at send time."""
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(
+                    [
+                        f"relay {self.name!r}: environment variable {self.password_env} is not"
+                        f" set; export it or use password_file"
+                    ]
+                )
+            return value
+        if self.password_file:
+            try:
+                return Path(self.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as error:
+                raise ConfigError(
+                    [
+                        f"relay {self.name!r}: cannot read password_file {self.password_file}:"
+                        f" {error.strerror}"
+                    ]
+                ) from error
+        return None
+
+
+@dataclass(frozen=True)
+class RecipientSettings:
+    """Where the recipient list is and how to read it."""
+
+    path: str
+    email_column: str = "email"
+    delimiter: str | None = None  # None: detect among , ; tab |
+    encoding: str | None = None  # None: UTF-8 with or without BOM
+    reject_file: str | None = None  # None: <list>.rejects.csv beside the list
+    max_field_length: int = 65536
+
+
+@dataclass(frozen=True)
+class SendingSettings:
+    """How the engine paces, retries and leases messages."""
+
+    batch_size: int = 500
+    lease: float = 300.0
+    retry_initial: float = 60.0
+    retry_max: float = 3600.0
+    retry_factor: float = 2.0
+    max_age: float = 5 * 86400.0
+    max_attempts: int = 30
+    error_budget: float = 0.2  # pause when bounces and failures exceed this share of
+    error_window: int = 200  # ... the last error_window attempts
+
+
+@dataclass(frozen=True)
+class Templates:
+    """Template sources as loaded; the store keeps these so a campaign can be resumed by name."""
+
+    subject: str
+    text: str | None = None
+    html: str | None = None
+    to_name: str | None = None
+    text_path: str | None = None
+    html_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """A validated campaign: header addresses, templates, list, relays and sending policy."""
+
+    name: str
+    from_header: str
+    from_address: str
+    envelope_sender: str
+    reply_to: str | None
+    templates: Templates
+    recipients: RecipientSettings
+    relays: tuple[RelaySettings, ...]
+    sending: SendingSettings = field(default_factory=SendingSettings)
+    store: str = "mailblast.db"
+    base_dir: str = "."
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the campaign as JSON-ready data (no secret values, only their references)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Campaign:
+        """Rebuild a campaign saved with :meth:`to_dict`."""
+        values = dict(data)
+        values["templates"] = Templates(**values["templates"])
+        values["recipients"] = RecipientSettings(**values["recipients"])
+        values["sending"] = SendingSettings(**values["sending"])
+        values["relays"] = tuple(RelaySettings(**relay) for relay in values["relays"])
+        return cls(**values)
+
+    @property
+    def from_domain(self) -> str:
+        return self.from_address.rpartition("@")[2].lower()
+
+
+_CAMPAIGN_KEYS = {
+    "name",
+    "from",
+    "envelope_sender",
+    "reply_to",
+    "subject",
+    "text",
+    "html",
+    "to_name",
+    "store",
+}
+_RECIPIENT_KEYS = {
+    "path",
+    "email_column",
+    "delimiter",
+    "encoding",
+    "reject_file",
+    "max_field_length",
+}
+_SENDING_KEYS = {
+    "batch_size",
+    "lease",
+    "retry_initial",
+    "retry_max",
+    "retry_factor",
+    "max_age",
+    "max_attempts",
+    "error_budget",
+    "error_window",
+}
+_RELAY_KEYS = {f for f in RelaySettings.__dataclass_fields__}
+_TOP_KEYS = {"campaign", "recipients", "relay", "sending"}
+
+
+class _Problems:
+    """Collects validation problems with their key paths so they can be reported together."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.items.append(f"{self.source}: {key}: {message}")
+
+    def unknown(self, table: dict[str, Any], allowed: set[str], prefix: str) -> None:
+        for key in table:
+            if key not in allowed:
+                self.add(
+                    f"{prefix}{key}",
+                    f"unknown key; allowed keys are {', '.join(sorted(allowed))}",
+                )
+
+
+def _get(
+    table: dict[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    problems: _Problems,
+    path: str,
+    default: Any = None,
+    required: bool = False,
+) -> Any:
+    if key not in table:
+        if required:
+            problems.add(path, "missing; this key is required")
+        return default
+    value = table[key]
+    if (
+        isinstance(value, bool)
+        and kind is not bool
+        and bool not in (kind if isinstance(kind, tuple) else (kind,))
+    ):
+        problems.add(path, f"expected {_kind_name(kind)}, got boolean {value!r}")
+        return default
+    if not isinstance(value, kind):
+        problems.add(path, f"expected {_kind_name(kind)}, got {type(value).__name__} {value!r}")
+        return default
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _parse_mailbox(value: str, path: str, problems: _Problems) -> tuple[str, str] | None:
+    """Split a header mailbox into (header text, addr-spec); None after recording a problem."""
+    if "\r" in value or "\n" in value:
+        problems.add(path, f"{value!r} contains a line break")
+        return None
+    pairs = getaddresses([value])
+    if len(pairs) != 1 or not pairs[0][1] or "@" not in pairs[0][1]:
+        problems.add(path, f"{value!r} is not a single address such as 'Team <team@example.com>'")
+        return None
+    name, addr = pairs[0]
+    local, _, domain = addr.rpartition("@")
+    if not local or not domain or " " in addr:
+        problems.add(path, f"{value!r} is not a valid address")
+        return None
+    header = str(Address(display_name=name, addr_spec=addr)) if name else addr
+    return header, addr
+
+
+def _duration(
+    table: dict[str, Any], key: str, default: float, problems: _Problems, path: str
+) -> float:
+    if key not in table:
+        return default
+    try:
+        return parse_duration(table[key])
+    except ValueError as error:
+        problems.add(path, str(error))
+        return default
+
+
+def load_campaign(path: str | os.PathLike[str]) -> Campaign:
+    """Read and validate a campaign file; raise ConfigError listing every problem found."""
+    file_path = Path(path)
+    try:
+        raw = file_path.read_bytes()
+    except OSError as error:
+        raise ConfigError([f"{file_path}: cannot read campaign file: {error.strerror}"]) from error
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            [f"{file_path}: not UTF-8 at byte {error.start}; save it as UTF-8"]
+        ) from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"{file_path}: invalid TOML: {error}"]) from error
+    campaign = parse_campaign(data, base_dir=file_path.resolve().parent, source=str(file_path))
+    return campaign
+
+
+def _resolve(base_dir: Path, value: str) -> str:
+    candidate = Path(value)
+    return str(candidate if candidate.is_absolute() else (base_dir / candidate))
+
+
+def parse_campaign(data: dict[str, Any], base_dir: Path, source: str) -> Campaign:
+    """Validate parsed TOML data; paths in it are relative to base_dir."""
+    problems = _Problems(source)
+    problems.unknown(data, _TOP_KEYS, "")
+
+    campaign_table = _get(data, "campaign", dict, problems, "campaign", default={}, required=True)
+    problems.unknown(campaign_table, _CAMPAIGN_KEYS, "campaign.")
+    name = _get(campaign_table, "name", str, problems, "campaign.name", required=True) or ""
+    if name and (len(name) > 200 or any(ord(ch) < 32 for ch in name)):
+        problems.add("campaign.name", f"{name!r} must be at most 200 printable characters")
+
+    from_value = _get(campaign_table, "from", str, problems, "campaign.from", required=True)
+    from_header, from_address = "", ""
+    if from_value is not None:
+        parsed = _parse_mailbox(from_value, "campaign.from", problems)
+        if parsed:
+            from_header, from_address = parsed
+
+    envelope_sender = from_address
+    envelope_value = _get(
+        campaign_table, "envelope_sender", str, problems, "campaign.envelope_sender"
+    )
+    if envelope_value is not None:
+        parsed = _parse_mailbox(envelope_value, "campaign.envelope_sender", problems)
+        if parsed:
+            envelope_sender = parsed[1]
+
+    reply_to = None
+    reply_value = _get(campaign_table, "reply_to", str, problems, "campaign.reply_to")
+    if reply_value is not None:
+        parsed = _parse_mailbox(reply_value, "campaign.reply_to", problems)
+        if parsed:
+            reply_to = parsed[0]
+
+    templates = _read_templates(campaign_table, base_dir, problems)
+    store = _get(campaign_table, "store", str, problems, "campaign.store", default="mailblast.db")
+    if store and "://" not in store:
+        store = _resolve(base_dir, store)
+
+    recipients = _read_recipients(data, base_dir, problems)
+    sending = _read_sending(data, problems)
+    relays = _read_relays(data, base_dir, problems)
+
+    if problems.items:
+        raise ConfigError(problems.items)
+    assert templates is not None and recipients is not None
+    return Campaign(
+        name=name,
+        from_header=from_header,
+        from_address=from_address,
+        envelope_sender=envelope_sender,
+        reply_to=reply_to,
+        templates=templates,
+        recipients=recipients,
+        relays=tuple(relays),
+        sending=sending,
+        store=store,
+        base_dir=str(base_dir),
+    )
+
+
+def _read_templates(table: dict[str, Any], base_dir: Path, problems: _Problems) -> Templates | None:
+    subject = _get(table, "subject", str, problems, "campaign.subject", required=True)
+    to_name = _get(table, "to_name", str, problems, "campaign.to_name")
+    bodies: dict[str, tuple[str | None, str | None]] = {}
+    for part in ("text", "html"):
+        relative = _get(table, part, str, problems, f"campaign.{part}")
+        if relative is None:
+            bodies[part] = (None, None)
+            continue
+        full = _resolve(base_dir, relative)
+        try:
+            bodies[part] = (Path(full).read_text(encoding="utf-8-sig"), full)
+        except FileNotFoundError:
+            problems.add(f"campaign.{part}", f"template file {full} not found")
+            bodies[part] = (None, None)
+        except UnicodeDecodeError as error:
+            problems.add(
+                f"campaign.{part}", f"{full} is not UTF-8 (byte {error.start}); save it as UTF-8"
+            )
+            bodies[part] = (None, None)
+        except OSError as error:
+            problems.add(f"campaign.{part}", f"cannot read {full}: {error.strerror}")
+            bodies[part] = (None, None)
+    if "text" not in table and "html" not in table:
+        problems.add("campaign.text", "missing; give a text template, an html template or both")
+    if subject is None:
+        return None
+    return Templates(
+        subject=subject,
+        text=bodies["text"][0],
+        html=bodies["html"][0],
+        to_name=to_name,
+        text_path=bodies["text"][1],
+        html_path=bodies["html"][1],
+    )
+
+
+def _read_recipients(
+    data: dict[str, Any], base_dir: Path, problems: _Problems
+) -> RecipientSettings | None:
+    table = _get(data, "recipients", dict, problems, "recipients", default={}, required=True)
+    problems.unknown(table, _RECIPIENT_KEYS, "recipients.")
+    path = _get(table, "path", str, problems, "recipients.path", required=True)
+    column = _get(table, "email_column", str, problems, "recipients.email_column", default="email")
+    delimiter = _get(table, "delimiter", str, problems, "recipients.delimiter")
+    if delimiter is not None and len(delimiter) != 1:
+        problems.add(
+            "recipients.delimiter", f"{delimiter!r} must be exactly one character, such as ';'"
+        )
+    encoding = _get(table, "encoding", str, problems, "recipients.encoding")
+    if encoding is not None:
+        import codecs
+
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            problems.add(
+                "recipients.encoding", f"unknown encoding {encoding!r}; try 'utf-8' or 'cp1252'"
+            )
+    reject_file = _get(table, "reject_file", str, problems, "recipients.reject_file")
+    max_field = _get(
+        table, "max_field_length", int, problems, "recipients.max_field_length", default=65536
+    )
+    if max_field is not None and max_field < 1:
+        problems.add("recipients.max_field_length", "must be a positive number of characters")
+    if path is None:
+        return None
+    full = _resolve(base_dir, path)
+    if not Path(full).is_file():
+        problems.add("recipients.path", f"recipient list {full} not found")
+    return RecipientSettings(
+        path=full,
+        email_column=column,
+        delimiter=delimiter,
+        encoding=encoding,
+        reject_file=_resolve(base_dir, reject_file) if reject_file else None,
+        max_field_length=max_field,
+    )
+
+
+def _read_sending(data: dict[str, Any], problems: _Problems) -> SendingSettings:
+    table = _get(data, "sending", dict, problems, "sending", default={})
+    problems.unknown(table, _SENDING_KEYS, "sending.")
+    defaults = SendingSettings()
+    batch = _get(
+        table, "batch_size", int, problems, "sending.batch_size", default=defaults.batch_size
+    )
+    if batch < 1:
+        problems.add("sending.batch_size", "must be at least 1")
+    factor = _get(
+        table, "retry_factor", (int, float), problems, "sending.retry_factor", default=2.0
+    )
+    if factor < 1:
+        problems.add("sending.retry_factor", "must be at least 1")
+    attempts = _get(
+        table, "max_attempts", int, problems, "sending.max_attempts", default=defaults.max_attempts
+    )
+    if attempts < 1:
+        problems.add("sending.max_attempts", "must be at least 1")
+    budget = _get(
+        table, "error_budget", (int, float), problems, "sending.error_budget", default=0.2
+    )
+    if not 0 < budget <= 1:
+        problems.add("sending.error_budget", f"{budget} must be a share above 0 and at most 1")
+    window = _get(
+        table, "error_window", int, problems, "sending.error_window", default=defaults.error_window
+    )
+    if window < 1:
+        problems.add("sending.error_window", "must be at least 1")
+    return SendingSettings(
+        batch_size=batch,
+        lease=_duration(table, "lease", defaults.lease, problems, "sending.lease"),
+        retry_initial=_duration(
+            table, "retry_initial", defaults.retry_initial, problems, "sending.retry_initial"
+        ),
+        retry_max=_duration(table, "retry_max", defaults.retry_max, problems, "sending.retry_max"),
+        retry_factor=float(factor),
+        max_age=_duration(table, "max_age", defaults.max_age, problems, "sending.max_age"),
+        max_attempts=attempts,
+        error_budget=float(budget),
+        error_window=window,
+    )
+
+
+def _read_relays(data: dict[str, Any], base_dir: Path, problems: _Problems) -> list[RelaySettings]:
+    tables = _get(data, "relay", list, problems, "relay", default=[], required=True)
+    relays: list[RelaySettings] = []
+    names: set[str] = set()
+    if "relay" in data and not tables:
+        problems.add("relay", "at least one [[relay]] is required")
+    for index, table in enumerate(tables):
+        prefix = f"relay[{index}]"
+        if not isinstance(table, dict):
+            problems.add(prefix, "must be a table ([[relay]])")
+            continue
+        problems.unknown(table, _RELAY_KEYS, f"{prefix}.")
+        relay = _read_relay(table, prefix, base_dir, problems)
+        if relay is None:
+            continue
+        if relay.name in names:
+            problems.add(
+                f"{prefix}.name", f"duplicate relay name {relay.name!r}; names must be unique"
+            )
+        names.add(relay.name)
+        relays.append(relay)
+    return relays
+
+
+def _read_relay(
+    table: dict[str, Any], prefix: str, base_dir: Path, problems: _Problems
+) -> RelaySettings | None:
+    defaults = RelaySettings(name="", host="")
+    name = _get(table, "name", str, problems, f"{prefix}.name", required=True)
+    host = _get(table, "host", str, problems, f"{prefix}.host", required=True)
+    port = _get(table, "port", int, problems, f"{prefix}.port", default=defaults.port)
+    if port is not None and not 0 < port < 65536:
+        problems.add(f"{prefix}.port", f"{port} is not a TCP port (1-65535)")
+    tls = _get(table, "tls", str, problems, f"{prefix}.tls", default=defaults.tls)
+    if tls not in TLS_MODES:
+        problems.add(f"{prefix}.tls", f"{tls!r} is not one of {', '.join(TLS_MODES)}")
+    if "password" in table:
+        problems.add(
+            f"{prefix}.password",
+            "literal passwords are not accepted; use password_env or password_file",
+        )
+    password_env = _get(table, "password_env", str, problems, f"{prefix}.password_env")
+    password_file = _get(table, "password_file", str, problems, f"{prefix}.password_file")
+    if password_env and password_file:
+        problems.add(f"{prefix}.password_env", "set password_env or password_file, not both")
+    username = _get(table, "username", str, problems, f"{prefix}.username")
+    if (password_env or password_file) and not username:
+        problems.add(f"{prefix}.username", "missing; a password needs a username")
+    ca_file = _get(table, "ca_file", str, problems, f"{prefix}.ca_file")
+    if ca_file:
+        ca_file = _resolve(base_dir, ca_file)
+        if not Path(ca_file).is_file():
+            problems.add(f"{prefix}.ca_file", f"CA file {ca_file} not found")
+    positive_ints = {}
+    for key in ("weight", "max_connections", "max_messages_per_connection"):
+        value = _get(table, key, int, problems, f"{prefix}.{key}", default=getattr(defaults, key))
+        if value < 1:
+            problems.add(f"{prefix}.{key}", f"{value} must be at least 1")
+        positive_ints[key] = value
+    rate = None
+    if "rate" in table:
+        try:
+            rate = parse_rate(table["rate"])
+        except ValueError as error:
+            problems.add(f"{prefix}.rate", str(error))
+    timeouts = {
+        key: _duration(table, key, getattr(defaults, key), problems, f"{prefix}.{key}")
+        for key in ("connect_timeout", "command_timeout", "data_timeout")
+    }
+    return RelaySettings(
+        name=name or "",
+        host=host or "",
+        port=port,
+        tls=tls,
+        username=username,
+        password_env=password_env,
+        password_file=_resolve(base_dir, password_file) if password_file else None,
+        ca_file=ca_file,
+        allow_plaintext_auth=_get(
+            table,
+            "allow_plaintext_auth",
+            bool,
+            problems,
+            f"{prefix}.allow_plaintext_auth",
+            default=False,
+        ),
+        ehlo_name=_get(table, "ehlo_name", str, problems, f"{prefix}.ehlo_name"),
+        rate=rate,
+        weight=positive_ints["weight"],
+        max_connections=positive_ints["max_connections"],
+        max_messages_per_connection=positive_ints["max_messages_per_connection"],
+        connect_timeout=timeouts["connect_timeout"],
+        command_timeout=timeouts["command_timeout"],
+        data_timeout=timeouts["data_timeout"],
+    )

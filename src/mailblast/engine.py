@@ -1,0 +1,606 @@
+"""The sending engine: claim ─► compose ─► send ─► record, on one asyncio event loop.
+
+Tasks:
+- the claimer takes batches of due messages from the store under a lease;
+- the dispatcher hands each message to a relay chosen by the pool;
+- each relay has up to ``max_connections`` session tasks that compose and send;
+- the recorder writes outcomes and in-flight marks in group commits.
+
+Crash safety: a message's in-flight mark is committed after the relay's 354 and before the
+message and its final dot are written, and the outcome after the reply. A run that dies leaves
+each claimed message either without the mark (requeued by the next run) or with it (``unknown``).
+If a commit fails, the recorder fails every waiting mark, so no further message is handed over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from mailblast.compose import Composer, message_id_for
+from mailblast.config import Campaign
+from mailblast.errors import StoreError, TemplateError
+from mailblast.recorder import Recorder
+from mailblast.relay.classify import Command, Reply, Scope
+from mailblast.relay.connection import RelayConnection, SessionError, default_ehlo_name
+from mailblast.relay.pool import RelayPool, RelayState
+from mailblast.retry import RetryPolicy
+from mailblast.store.base import FINAL_STATES, CampaignRow, ClaimedMessage, LogRecord, Outcome
+from mailblast.store.sqlite import SQLiteStore
+
+logger = logging.getLogger("mailblast.engine")
+
+IDLE_SESSION_SECONDS = 5.0
+IDLE_CHECK_SECONDS = 2.0  # a session idle this long is checked with NOOP before reuse
+THROTTLED_SLOT_POLL = 0.2
+# Replies that ask a client to slow down (RFC 5321 section 4.2.3 and common relay practice).
+THROTTLE_CODES = frozenset({421, 450, 451, 452})
+CONTROL_POLL_SECONDS = 1.0
+MAX_REDISPATCH = 5
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Job:
+    """A claimed message on its way through the pipeline."""
+
+    message: ClaimedMessage
+    excluded: frozenset[str] = frozenset()
+    redispatches: int = 0
+
+
+@dataclass
+class RunStats:
+    """What this run did, for the progress display and the summary."""
+
+    started: float = field(default_factory=time.monotonic)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    per_relay: Counter[str] = field(default_factory=Counter)
+    in_flight: int = 0
+    next_due: float | None = None
+    stop_reason: str | None = None
+
+
+class Engine:
+    """Sends one campaign's due messages until none remain, or until stopped."""
+
+    def __init__(
+        self,
+        store: SQLiteStore,
+        campaign: Campaign,
+        row: CampaignRow,
+        composer: Composer,
+        *,
+        clock: Callable[[], float] = time.time,
+        ehlo_name: str | None = None,
+    ) -> None:
+        self.store = store
+        self.campaign = campaign
+        self.row = row
+        self.composer = composer
+        self.clock = clock
+        self.ehlo_name = ehlo_name or default_ehlo_name()
+        self.run_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.policy = RetryPolicy.from_settings(campaign.sending)
+        self.pool: RelayPool[Job] = RelayPool(list(campaign.relays))
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailblast-store")
+        self.recorder = Recorder(store, row.id, self._db)
+        self.recorder.on_failure = lambda error: self.request_stop(f"the store failed: {error}")
+        self.stats = RunStats()
+        self.pending: deque[Job] = deque()
+        self.pending_ready = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.paused = False
+        self.wait_for_deferred = True
+        self._claimed: dict[int, Job] = {}
+        self.recent_errors: deque[bool] = deque(maxlen=campaign.sending.error_window)
+
+    async def _db(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a store call on the store's own thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, function, *args)
+
+    # Lifecycle
+
+    async def run(self, *, wait: bool = True) -> RunStats:
+        """Send until every message is final (or, without ``wait``, until nothing is due now)."""
+        self.wait_for_deferred = wait
+        await self._start()
+        recorder_task = asyncio.create_task(self.recorder.run(), name="recorder")
+        tasks = [
+            asyncio.create_task(self._claimer(), name="claimer"),
+            asyncio.create_task(self._dispatcher(), name="dispatcher"),
+            asyncio.create_task(self._control(), name="control"),
+        ]
+        for relay in self.pool.relays:
+            for slot in range(relay.settings.max_connections):
+                tasks.append(
+                    asyncio.create_task(self._session(relay, slot), name=f"{relay.name}-{slot}")
+                )
+        try:
+            await self._until_stopped(recorder_task)
+        finally:
+            await self._shutdown(tasks, recorder_task)
+        return self.stats
+
+    async def _until_stopped(self, recorder_task: asyncio.Task[None]) -> None:
+        stop = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({stop, recorder_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if recorder_task.done() and recorder_task.exception():
+            raise recorder_task.exception()  # type: ignore[misc]
+
+    async def _start(self) -> None:
+        now = self.clock()
+        await self._db(
+            self.store.register_run,
+            self.run_id,
+            self.row.id,
+            socket.gethostname(),
+            os.getpid(),
+            now,
+        )
+        dead = await self._db(self._dead_owners)
+        result = await self._db(self.store.recover, self.row.id, dead, now)
+        if result.requeued or result.unknown:
+            logger.warning(
+                "campaign %s: took over %d claimed messages from stopped runs (%d unknown)",
+                self.campaign.name,
+                result.requeued + result.unknown,
+                result.unknown,
+            )
+        await self._db(self.store.mark_started, self.row.id, now)
+
+    def _dead_owners(self) -> list[str]:
+        """Runs on this host whose process is gone; their claims can be taken over at once."""
+        host = socket.gethostname()
+        dead = []
+        for owner in self.store.lease_owners(self.row.id):
+            owner_host, _, rest = owner.partition(":")
+            pid_text = rest.partition(":")[0]
+            if owner_host == host and pid_text.isdigit() and not _process_alive(int(pid_text)):
+                dead.append(owner)
+        return dead
+
+    def request_stop(self, reason: str) -> None:
+        """Stop starting new messages; sessions finish the message they are sending."""
+        if not self.stopping.is_set():
+            logger.info("campaign %s: stopping: %s", self.campaign.name, reason)
+            self.stats.stop_reason = reason
+            self.stopping.set()
+
+    async def _shutdown(
+        self, tasks: list[asyncio.Task[None]], recorder_task: asyncio.Task[None]
+    ) -> None:
+        self.stopping.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        unsent = [job.message.id for job in self._claimed.values()]
+        try:
+            if self.recorder.failed is None:
+                await self.recorder.stop(recorder_task)
+                if unsent:
+                    await self._db(self.store.release, self.row.id, self.run_id, unsent)
+                await self._db(self.store.remove_run, self.run_id)
+        finally:
+            recorder_task.cancel()
+            await asyncio.gather(recorder_task, return_exceptions=True)
+            self.executor.shutdown(wait=True)
+
+    # Claiming and dispatching
+
+    async def _claimer(self) -> None:
+        batch = self.campaign.sending.batch_size
+        while not self.stopping.is_set():
+            if self.paused:
+                await asyncio.sleep(CONTROL_POLL_SECONDS / 4)
+                continue
+            if len(self._claimed) >= batch * 2:
+                await asyncio.sleep(0.005)
+                continue
+            now = self.clock()
+            lease_until = now + self.campaign.sending.lease
+            claimed = await self._db(
+                self.store.claim, self.row.id, self.run_id, now, lease_until, batch
+            )
+            for message in claimed:
+                job = Job(message)
+                self._claimed[message.id] = job
+                self.pending.append(job)
+            if claimed:
+                self.pending_ready.set()
+                continue
+            if not self._claimed:
+                await self._idle(now)
+            else:
+                await asyncio.sleep(0.02)
+
+    async def _idle(self, now: float) -> None:
+        """Nothing claimed and nothing due: finish, or sleep until the next retry falls due."""
+        await self.recorder.flush()
+        next_due = await self._db(self.store.next_due, self.row.id)
+        self.stats.next_due = next_due
+        if next_due is None:
+            counts = await self._db(self.store.counts, self.row.id)
+            if not any(counts.get(state) for state in ("queued", "deferred", "sending")):
+                self.request_stop("every message is final")
+            else:
+                await asyncio.sleep(0.05)
+            return
+        if not self.wait_for_deferred and next_due > now:
+            self.request_stop("nothing is due now (--no-wait)")
+            return
+        await asyncio.sleep(min(1.0, max(0.01, next_due - now)))
+
+    async def _dispatcher(self) -> None:
+        while True:
+            while not self.pending:
+                self.pending_ready.clear()
+                await self.pending_ready.wait()
+            job = self.pending.popleft()
+            relay = await self._choose_relay(job)
+            if relay is not None and not await self.pool.put(relay, job):
+                self.pending.appendleft(job)
+
+    async def _choose_relay(self, job: Job) -> RelayState[Job] | None:
+        while True:
+            if self.paused or self.stopping.is_set():
+                self.pending.appendleft(job)
+                await asyncio.sleep(0.1)
+                return None
+            if job.message.smtputf8 and not self.pool.smtputf8_possible(job.excluded):
+                self._fail_smtputf8(job)
+                return None
+            relay = self.pool.choose(job.message.smtputf8, job.excluded)
+            if relay is not None:
+                return relay
+            if self.pool.all_disabled():
+                await self._pause_self("no relay is usable: " + self._disabled_reasons())
+                self.pending.appendleft(job)
+                return None
+            await self.pool.wait_for_capacity(0.05)
+
+    def _disabled_reasons(self) -> str:
+        return "; ".join(f"{r.name}: {r.disabled_reason}" for r in self.pool.relays)
+
+    def _redispatch(self, job: Job) -> None:
+        job.redispatches += 1
+        self.pending.appendleft(job)
+        self.pending_ready.set()
+
+    # Sessions
+
+    async def _session(self, relay: RelayState[Job], slot: int) -> None:
+        """One connection slot of a relay: take messages from its queue and send them.
+
+        Slots at or above the relay's allowed session count (lowered by throttling replies)
+        close their session and take nothing until the relay recovers.
+        """
+        connection: RelayConnection | None = None
+        try:
+            while True:
+                if not relay.session_allowed(slot):
+                    await self._close(relay, connection)
+                    connection = None
+                    await asyncio.sleep(THROTTLED_SLOT_POLL)
+                    continue
+                job = await self._next_job(relay, connection)
+                if job is None:
+                    await self._close(relay, connection)
+                    connection = None
+                    continue
+                self.pool.notify()
+                connection = await self._send_job(relay, connection, job)
+        finally:
+            if connection is not None:
+                relay.sessions_open -= 1
+                connection.close()
+
+    async def _close(self, relay: RelayState[Job], connection: RelayConnection | None) -> None:
+        if connection is not None:
+            relay.sessions_open -= 1
+            await connection.quit()
+        return None
+
+    async def _next_job(
+        self, relay: RelayState[Job], connection: RelayConnection | None
+    ) -> Job | None:
+        """Wait for the relay's next job; None when an open session stayed idle too long."""
+        timeout = IDLE_SESSION_SECONDS if connection is not None else THROTTLED_SLOT_POLL * 5
+        try:
+            return await asyncio.wait_for(relay.queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def _usable_session(
+        self, relay: RelayState[Job], connection: RelayConnection | None
+    ) -> RelayConnection | None:
+        """Return the slot's session if it can carry another message, else close it."""
+        if connection is None:
+            return None
+        worn_out = connection.messages_sent >= relay.settings.max_messages_per_connection
+        idle = time.monotonic() - connection.last_used > IDLE_CHECK_SECONDS
+        if not connection.is_open or worn_out or (idle and not await connection.check()):
+            await self._close(relay, connection)
+            return None
+        return connection
+
+    async def _send_job(
+        self, relay: RelayState[Job], connection: RelayConnection | None, job: Job
+    ) -> RelayConnection | None:
+        """Send one job over the slot's session (opening one if needed); return the session."""
+        if self.stopping.is_set() or not relay.usable(self.clock()):
+            self._redispatch(job)
+            return connection
+        connection = await self._usable_session(relay, connection)
+        if connection is None:
+            connection = await self._open(relay, job)
+            if connection is None:
+                return None
+        if job.message.smtputf8 and not connection.smtputf8:
+            job.excluded = job.excluded | {relay.name}
+            self._redispatch(job)
+            return connection
+        await relay.limiter.acquire()
+        await self._attempt(relay, connection, job)
+        if not connection.is_open:
+            await self._close(relay, connection)
+            return None
+        return connection
+
+    async def _open(self, relay: RelayState[Job], job: Job) -> RelayConnection | None:
+        connection = RelayConnection(relay.settings, self.ehlo_name)
+        started = time.monotonic()
+        try:
+            await connection.open()
+        except SessionError as error:
+            self._session_failed(relay, job, error.reply, time.monotonic() - started)
+            return None
+        relay.sessions_open += 1
+        relay.smtputf8 = connection.smtputf8
+        return connection
+
+    def _session_failed(
+        self, relay: RelayState[Job], job: Job, reply: Reply, duration: float
+    ) -> None:
+        """A relay could not be used: the message goes elsewhere and is not blamed."""
+        if reply.scope is Scope.RELAY:
+            relay.disable(reply.describe())
+        else:
+            relay.record_failure(reply.describe(), self.clock())
+        self._log_only(job, relay, reply, duration)
+        self._requeue_elsewhere(job, relay, reply)
+
+    def _requeue_elsewhere(self, job: Job, relay: RelayState[Job], reply: Reply) -> None:
+        if job.redispatches < MAX_REDISPATCH:
+            self._redispatch(job)
+            return
+        self._finish(job, relay, reply, 0.0, state="deferred")
+
+    async def _attempt(self, relay: RelayState[Job], connection: RelayConnection, job: Job) -> None:
+        message = job.message
+        try:
+            composed = self.composer.compose(
+                message.key,
+                message.address,
+                json.loads(message.fields),
+                message.smtputf8,
+                token=str(message.id),
+                now=self.clock(),
+            )
+        except TemplateError as error:
+            reply = Reply(Command.DATA, None, None, f"template failed: {error}", Scope.MESSAGE)
+            self._finish(job, relay, reply, 0.0)
+            return
+        started = time.monotonic()
+        self.stats.in_flight += 1
+        try:
+            reply = await connection.send(
+                composed.envelope_sender,
+                composed.recipient,
+                composed.data,
+                composed.smtputf8,
+                lambda: self.recorder.mark_in_flight(message.id),
+            )
+        except StoreError as error:
+            self.request_stop(f"the store failed: {error}")
+            return
+        finally:
+            self.stats.in_flight -= 1
+        self._handle_reply(relay, job, reply, time.monotonic() - started, composed.message_id)
+
+    def _handle_reply(
+        self, relay: RelayState[Job], job: Job, reply: Reply, duration: float, message_id: str
+    ) -> None:
+        relay.attempts += 1
+        if reply.code in THROTTLE_CODES:
+            relay.throttle(reply.describe(), time.monotonic())
+        if reply.scope in (Scope.CONNECTION, Scope.RELAY):
+            self._session_failed(relay, job, reply, duration)
+            return
+        relay.record_success()
+        if reply.scope is Scope.SENDER:
+            self._finish(job, relay, reply, duration, message_id, state="deferred")
+            reason = f"relay {relay.name} refused the sender: {reply.describe()}"
+            self.loop_call(self._pause_self(reason))
+            return
+        if reply.scope is Scope.SUCCESS:
+            relay.sent += 1
+            relay.recover()
+        self._finish(job, relay, reply, duration, message_id)
+
+    def loop_call(self, coroutine: Any) -> None:
+        asyncio.get_running_loop().create_task(coroutine)
+
+    def _finish(
+        self,
+        job: Job,
+        relay: RelayState[Job],
+        reply: Reply,
+        duration: float,
+        message_id: str | None = None,
+        state: str | None = None,
+    ) -> None:
+        """Record the outcome of an attempt and release the job."""
+        message = job.message
+        now = self.clock()
+        attempts = message.attempts + 1
+        first = message.first_attempt_at or now
+        state = state or reply.state
+        due = now
+        if state == "deferred":
+            next_attempt = self.policy.next_attempt(attempts, first, now)
+            state, due = ("expired", now) if next_attempt is None else ("deferred", next_attempt)
+        record = self._record(job, relay, reply, duration, state, attempts, message_id)
+        self.recorder.record(Outcome(message.id, state, attempts, due, first, record))
+        self._claimed.pop(message.id, None)
+        self.stats.outcomes[state] += 1
+        self._spend_error_budget(state)
+        if state == "sent":
+            self.stats.per_relay[relay.name] += 1
+
+    def _spend_error_budget(self, state: str) -> None:
+        """Pause the campaign when bounces and failures pass their share of recent attempts."""
+        window = self.recent_errors
+        window.append(state in ("bounced", "failed"))
+        size = self.campaign.sending.error_window
+        if len(window) < size or self.paused:
+            return
+        share = sum(window) / size
+        budget = self.campaign.sending.error_budget
+        if share <= budget:
+            return
+        window.clear()
+        reason = (
+            f"bounces and failures were {share:.0%} of the last {size} attempts, over the error"
+            f" budget of {budget:.0%}; check the list and the delivery log, then resume"
+        )
+        self.loop_call(self._pause_self(reason))
+
+    def _log_only(self, job: Job, relay: RelayState[Job], reply: Reply, duration: float) -> None:
+        record = self._record(
+            job, relay, reply, duration, "deferred", job.message.attempts + 1, None
+        )
+        self.recorder.log(record)
+
+    def _record(
+        self,
+        job: Job,
+        relay: RelayState[Job],
+        reply: Reply,
+        duration: float,
+        kind: str,
+        attempt: int,
+        message_id: str | None,
+    ) -> LogRecord:
+        return LogRecord(
+            type=kind,
+            time=self.clock(),
+            message=job.message.id,
+            message_id=message_id
+            or message_id_for(self.campaign.name, job.message.key, self.campaign.from_domain),
+            recipient=job.message.address,
+            relay=relay.name,
+            attempt=attempt,
+            command=str(reply.command),
+            code=reply.code,
+            status=reply.status,
+            text=reply.text[:1000],
+            duration=round(duration, 4),
+            line=job.message.line,
+        )
+
+    def _fail_smtputf8(self, job: Job) -> None:
+        reply = Reply(
+            Command.MAIL,
+            None,
+            None,
+            "the address has a non-ASCII local part and no relay offers SMTPUTF8",
+            Scope.MESSAGE,
+        )
+        relay = self.pool.relays[0]
+        self._finish(job, relay, reply, 0.0)
+
+    # Control
+
+    async def _control(self) -> None:
+        """Follow pause, resume and cancel requests made from other processes."""
+        while not self.stopping.is_set():
+            await asyncio.sleep(CONTROL_POLL_SECONDS)
+            row = await self._db(self.store.get_campaign, self.campaign.name)
+            await self._db(self.store.heartbeat, self.run_id, self.clock())
+            if row is None:
+                continue
+            if row.status == "cancelled":
+                await self._cancel()
+                return
+            was_paused, self.paused = self.paused, row.status == "paused"
+            if was_paused and not self.paused:
+                logger.info("campaign %s: resumed", self.campaign.name)
+                for relay in self.pool.relays:
+                    relay.enable()
+            if self.paused and not was_paused:
+                logger.info("campaign %s: paused: %s", self.campaign.name, row.status_reason or "")
+                await self._release_unstarted()
+                if not self.wait_for_deferred:
+                    self.request_stop("paused")
+
+    async def _release_unstarted(self) -> None:
+        """Give back claimed messages that no session has taken yet, so a pause holds nothing."""
+        jobs = list(self.pending)
+        self.pending.clear()
+        for relay in self.pool.relays:
+            while not relay.queue.empty():
+                jobs.append(relay.queue.get_nowait())
+        for job in jobs:
+            self._claimed.pop(job.message.id, None)
+        if jobs:
+            await self._db(
+                self.store.release, self.row.id, self.run_id, [j.message.id for j in jobs]
+            )
+
+    async def _cancel(self) -> None:
+        await self._release_unstarted()
+        cancelled = await self._db(self.store.cancel_remaining, self.row.id, self.clock())
+        logger.info(
+            "campaign %s: cancelled; %d messages will not be sent", self.campaign.name, cancelled
+        )
+        self.request_stop("cancelled")
+
+    async def _pause_self(self, reason: str) -> None:
+        if self.paused:
+            return
+        self.paused = True
+        logger.error("campaign %s: pausing: %s", self.campaign.name, reason)
+        await self._db(self.store.set_status, self.row.id, "paused", reason, self.clock())
+        if not self.wait_for_deferred:
+            self.request_stop(f"paused: {reason}")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remaining(counts: dict[str, int]) -> int:
+    """Messages that are not final yet."""
+    return sum(
+        count for state, count in counts.items() if state not in FINAL_STATES and state != "unknown"
+    )

@@ -1,0 +1,168 @@
+"""Campaign templates: compile once, check against the list's columns, render per recipient.
+
+Templates run in Jinja2's sandbox with strict undefined variables, so a template cannot reach
+Python internals and a missing value is an error instead of an empty string. Only the HTML body
+is auto-escaped: a field such as ``<b>`` is markup-escaped there but appears as typed in the
+subject, the text body and the recipient's display name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+
+from jinja2 import FunctionLoader, StrictUndefined, Template, TemplateSyntaxError, meta, nodes
+from jinja2.sandbox import SandboxedEnvironment
+
+from mailblast.config import Templates
+from mailblast.errors import TemplateError
+
+BUILTIN_VARIABLES = frozenset({"email", "campaign", "message_id", "unsubscribe_url"})
+
+_PARTS = ("subject", "text", "html", "to_name")
+
+
+@dataclass(slots=True)
+class Rendered:
+    """One recipient's rendered templates; text, html and to_name are None when not configured."""
+
+    subject: str
+    text: str | None
+    html: str | None
+    to_name: str | None
+
+
+class CompiledTemplates:
+    """Subject, text, html and optional to_name templates compiled once per campaign."""
+
+    def __init__(self, templates: Templates, columns: Iterable[str] | None = None) -> None:
+        """Compile every template and, when ``columns`` is given, check the variables they use.
+
+        Raises TemplateError listing every syntax error and unknown variable, each with the
+        template's file (or campaign key) and line.
+        """
+        sources = {part: getattr(templates, part) for part in _PARTS}
+        self._sources: dict[str, str] = {k: v for k, v in sources.items() if v is not None}
+        self._labels = {
+            "subject": "campaign.subject",
+            "text": templates.text_path or "campaign.text",
+            "html": templates.html_path or "campaign.html",
+            "to_name": "campaign.to_name",
+        }
+        self._variables: dict[str, dict[str, int]] = {}
+        problems: list[str] = []
+        if templates.text is None and templates.html is None:
+            problems.append(
+                "campaign.text: missing; give a text template, an html template or both"
+            )
+
+        plain = self._environment(autoescape=False)
+        html = self._environment(autoescape=True)
+        self._compiled: dict[str, Template] = {}
+        for part in self._sources:
+            environment = html if part == "html" else plain
+            self._compile(environment, part, problems)
+
+        if columns is not None:
+            known = BUILTIN_VARIABLES | set(plain.globals)
+            problems.extend(self._unknown_variables(list(columns), known))
+        if problems:
+            raise TemplateError(problems)
+
+    def render(self, fields: Mapping[str, str], extra: Mapping[str, str]) -> Rendered:
+        """Render all templates for one recipient.
+
+        ``extra`` holds the built-in variables and wins over a column of the same name. Raises
+        TemplateError naming the template and line when rendering fails, so that the caller can
+        fail this message alone.
+        """
+        context = dict(fields)
+        context.update(extra)
+        return Rendered(
+            subject=self._render("subject", context) or "",
+            text=self._render("text", context),
+            html=self._render("html", context),
+            to_name=self._render("to_name", context),
+        )
+
+    def templates_using(self, variable: str) -> list[str]:
+        """Return the labels (file path or campaign key) of the templates that use ``variable``."""
+        return [self._labels[part] for part, used in self._variables.items() if variable in used]
+
+    def _environment(self, autoescape: bool) -> SandboxedEnvironment:
+        # The loader gives each template its label as file name, so that Jinja's rewritten
+        # tracebacks carry the label and the template line of a render error.
+        parts = [part for part in self._sources if (part == "html") == autoescape]
+
+        def load(name: str) -> tuple[str, str, None] | None:
+            if name not in parts:
+                return None
+            return self._sources[name], self._labels[name], None
+
+        return SandboxedEnvironment(
+            loader=FunctionLoader(load),
+            undefined=StrictUndefined,
+            autoescape=autoescape,
+            keep_trailing_newline=True,
+        )
+
+    def _compile(self, environment: SandboxedEnvironment, part: str, problems: list[str]) -> None:
+        label = self._labels[part]
+        try:
+            tree = environment.parse(self._sources[part], name=part, filename=label)
+            self._compiled[part] = environment.get_template(part)
+        except TemplateSyntaxError as error:
+            problems.append(f"{label}:{error.lineno}: invalid template: {error.message}")
+            return
+        self._variables[part] = _variable_lines(tree)
+
+    def _unknown_variables(self, columns: list[str], known: frozenset[str]) -> list[str]:
+        available = ", ".join(columns) if columns else "(none)"
+        builtins = ", ".join(sorted(BUILTIN_VARIABLES))
+        problems = []
+        allowed = known | set(columns)
+        for part, variables in self._variables.items():
+            for name, line in variables.items():
+                if name in allowed:
+                    continue
+                problems.append(
+                    f"{self._labels[part]}:{line}: unknown variable {name!r}; the recipient list"
+                    f" has the columns {available} and the built-in variables are {builtins};"
+                    " add the column to the list or correct the name"
+                )
+        return problems
+
+    def _render(self, part: str, context: dict[str, str]) -> str | None:
+        template = self._compiled.get(part)
+        if template is None:
+            return None
+        try:
+            return template.render(context)
+        except Exception as error:
+            # Filters and tests may raise any exception type; each must fail only this message.
+            label = self._labels[part]
+            line = _template_line(error.__traceback__, label)
+            where = f"{label}:{line}" if line is not None else label
+            reason = f"{type(error).__name__}: {error}"
+            raise TemplateError([f"{where}: rendering failed: {reason}"]) from error
+
+
+def _variable_lines(tree: nodes.Template) -> dict[str, int]:
+    """Map each variable the template reads from its context to the first line that reads it."""
+    names = meta.find_undeclared_variables(tree)
+    lines: dict[str, int] = {}
+    for node in tree.find_all(nodes.Name):
+        if node.name in names and node.ctx == "load":
+            lines[node.name] = min(lines.get(node.name, node.lineno), node.lineno)
+    return lines
+
+
+def _template_line(traceback: TracebackType | None, label: str) -> int | None:
+    """Return the template line of the innermost traceback frame that belongs to ``label``."""
+    line = None
+    while traceback is not None:
+        if traceback.tb_frame.f_code.co_filename == label:
+            line = traceback.tb_lineno
+        traceback = traceback.tb_next
+    return line

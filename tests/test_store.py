@@ -1,0 +1,159 @@
+"""The SQLite store: loading chunks, claims under lease, group commits, recovery, failures."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from mailblast.errors import StoreError
+from mailblast.store.base import LoadRow, LogRecord, Outcome
+from mailblast.store.sqlite import SQLiteStore
+
+
+def rows(count: int, start: int = 0) -> list[LoadRow]:
+    return [
+        LoadRow(
+            line=i + 2,
+            address=f"user{i}@example.com",
+            key=f"user{i}@example.com",
+            smtputf8=False,
+            fields="{}",
+        )
+        for i in range(start, start + count)
+    ]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteStore:
+    opened = SQLiteStore(tmp_path / "store.db")
+    yield opened
+    opened.close()
+
+
+def make_campaign(store: SQLiteStore) -> int:
+    return store.upsert_campaign("spring", {"name": "spring"}, 100.0).id
+
+
+def outcome(message: int, state: str, now: float = 200.0) -> Outcome:
+    record = LogRecord(type=state, time=now, message=message, relay="r1", code=250)
+    return Outcome(message, state, 1, now, now, record)
+
+
+def test_wal_mode_enabled(store: SQLiteStore) -> None:
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_load_chunk_deduplicates_on_key(store: SQLiteStore) -> None:
+    campaign = make_campaign(store)
+    first = store.load_chunk(campaign, rows(3), [], 4, 3)
+    again = rows(1)
+    again[0].line = 9
+    second = store.load_chunk(campaign, again, [], 9, 4)
+    assert first.queued == 3
+    assert second.queued == 0
+    assert second.duplicates == [(again[0], 2)]
+    assert store.counts(campaign) == {"queued": 3}
+    row = store.get_campaign("spring")
+    assert row is not None
+    assert (row.rows_duplicate, row.load_line, row.rows_read) == (1, 9, 4)
+
+
+def test_load_chunk_skips_suppressed(store: SQLiteStore) -> None:
+    campaign = make_campaign(store)
+    store.add_suppression("user1@example.com", "user1@example.com", "manual", 0, 1.0)
+    result = store.load_chunk(campaign, rows(3), [], 4, 3)
+    assert result.queued == 2
+    assert [r.key for r in result.suppressed] == ["user1@example.com"]
+
+
+def test_claim_respects_limit_and_due(store: SQLiteStore) -> None:
+    campaign = make_campaign(store)
+    store.load_chunk(campaign, rows(5), [], 6, 5)
+    claimed = store.claim(campaign, "run-a", now=10, lease_until=70, limit=3)
+    assert [m.line for m in claimed] == [2, 3, 4]
+    again = store.claim(campaign, "run-b", now=10, lease_until=70, limit=10)
+    assert [m.line for m in again] == [5, 6]
+    assert store.claim(campaign, "run-c", now=10, lease_until=70, limit=10) == []
+
+
+def test_commit_group_records_outcomes_and_log(store: SQLiteStore) -> None:
+    campaign = make_campaign(store)
+    store.load_chunk(campaign, rows(2), [], 3, 2)
+    claimed = store.claim(campaign, "run-a", 10, 70, 10)
+    store.commit_group(campaign, [claimed[0].id], [outcome(claimed[0].id, "sent")])
+    assert store.counts(campaign) == {"sent": 1, "sending": 1}
+    log = list(store.iter_log(campaign))
+    assert [r["type"] for r in log] == ["sent"]
+    assert log[0]["campaign"] == "spring"
+
+
+def test_recover_in_flight_becomes_unknown(store: SQLiteStore) -> None:
+    campaign = make_campaign(store)
+    store.load_chunk(campaign, rows(3), [], 4, 3)
+    claimed = store.claim(campaign, "dead-run", 10, 1000, 10)
+    store.commit_group(campaign, [claimed[0].id], [])
+    result = store.recover(campaign, ["dead-run"], 20)
+    assert (result.unknown, result.requeued) == (1, 2)
+    assert store.counts(campaign) == {"unknown": 1, "queued": 2}
+
+
+def test_recover_expired_lease_only(store: SQLiteStore) -> None:
+    campaign = make_campaign(store)
+    store.load_chunk(campaign, rows(2), [], 3, 2)
+    store.claim(campaign, "live-run", 10, 100, 1)
+    assert store.recover(campaign, [], 50).requeued == 0
+    assert store.recover(campaign, [], 150).requeued == 1
+
+
+def test_release_returns_unattempted(store: SQLiteStore) -> None:
+    campaign = make_campaign(store)
+    store.load_chunk(campaign, rows(2), [], 3, 2)
+    claimed = store.claim(campaign, "run-a", 10, 100, 10)
+    store.release(campaign, "run-a", [m.id for m in claimed])
+    assert store.counts(campaign) == {"queued": 2}
+
+
+def test_cancel_remaining_leaves_final(store: SQLiteStore) -> None:
+    campaign = make_campaign(store)
+    store.load_chunk(campaign, rows(3), [], 4, 3)
+    claimed = store.claim(campaign, "run-a", 10, 100, 1)
+    store.commit_group(campaign, [], [outcome(claimed[0].id, "sent")])
+    assert store.cancel_remaining(campaign, 30) == 2
+    assert store.counts(campaign) == {"sent": 1, "cancelled": 2}
+
+
+def test_full_disk_raises_store_error(store: SQLiteStore) -> None:
+    campaign = make_campaign(store)
+    store.load_chunk(campaign, rows(2), [], 3, 2)
+    claimed = store.claim(campaign, "run-a", 10, 100, 10)
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages}")
+    big = outcome(claimed[0].id, "sent")
+    big.record.text = "x" * 200_000
+    with pytest.raises(StoreError, match="recording outcomes failed in store"):
+        store.commit_group(campaign, [], [big])
+    assert store.counts(campaign) == {"sending": 2}
+
+
+def test_read_only_store_raises_store_error(tmp_path: Path) -> None:
+    writer = SQLiteStore(tmp_path / "ro.db")
+    campaign = make_campaign(writer)
+    writer.close()
+    reader = SQLiteStore(tmp_path / "ro.db", read_only=True)
+    try:
+        with pytest.raises(StoreError, match="attempt to write a readonly database"):
+            reader.set_status(campaign, "paused", None, 1.0)
+    finally:
+        reader.close()
+
+
+def test_newer_schema_refused(tmp_path: Path) -> None:
+    SQLiteStore(tmp_path / "s.db").close()
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.execute("UPDATE schema_version SET version = 99")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="newer than this mailblast"):
+        SQLiteStore(tmp_path / "s.db")
