@@ -136,7 +136,7 @@ def test_unknown_encoding(tmp_path: Path) -> None:
 def test_password_variable_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MAILBLAST_TEST_UNSET", raising=False)
     text = BASE.replace(
-        'tls = "none"', 'tls = "none"\nusername = "u"\npassword_env = "MAILBLAST_TEST_UNSET"'
+        'tls = "none"', 'tls = "starttls"\nusername = "u"\npassword_env = "MAILBLAST_TEST_UNSET"'
     )
     relay = load_campaign(write(tmp_path, text)).relays[0]
     with pytest.raises(ConfigError, match="MAILBLAST_TEST_UNSET is not set"):
@@ -145,7 +145,9 @@ def test_password_variable_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_password_file_read(tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("s3cret\n", encoding="utf-8")
-    text = BASE.replace('tls = "none"', 'tls = "none"\nusername = "u"\npassword_file = "secret"')
+    text = BASE.replace(
+        'tls = "none"', 'tls = "implicit"\nusername = "u"\npassword_file = "secret"'
+    )
     assert load_campaign(write(tmp_path, text)).relays[0].password() == "s3cret"
 
 
@@ -178,3 +180,17 @@ def test_format_duration() -> None:
     assert format_duration(5.25) == "5.2s"
     assert format_duration(185) == "3m05s"
     assert format_duration(3720) == "1h02m"
+
+
+def test_auth_without_tls_rejected(tmp_path: Path) -> None:
+    text = BASE.replace('tls = "none"', 'tls = "none"\nusername = "u"\npassword_env = "P"')
+    found = problems(tmp_path, text)
+    assert any("relay[0].tls: 'none' would send the AUTH password in clear" in p for p in found)
+
+
+def test_auth_without_tls_allowed_for_loopback(tmp_path: Path) -> None:
+    text = BASE.replace(
+        'tls = "none"',
+        'tls = "none"\nusername = "u"\npassword_env = "P"\nallow_plaintext_auth = true',
+    )
+    assert load_campaign(write(tmp_path, text)).relays[0].allow_plaintext_auth is True

@@ -515,6 +515,20 @@ def _read_relay(
     username = _get(table, "username", str, problems, f"{prefix}.username")
     if (password_env or password_file) and not username:
         problems.add(f"{prefix}.username", "missing; a password needs a username")
+    plaintext_auth = _get(
+        table,
+        "allow_plaintext_auth",
+        bool,
+        problems,
+        f"{prefix}.allow_plaintext_auth",
+        default=False,
+    )
+    if username and tls == "none" and not plaintext_auth:
+        problems.add(
+            f"{prefix}.tls",
+            "'none' would send the AUTH password in clear; use 'starttls' or 'implicit'"
+            " (allow_plaintext_auth = true is meant for loopback tests only)",
+        )
     ca_file = _get(table, "ca_file", str, problems, f"{prefix}.ca_file")
     if ca_file:
         ca_file = _resolve(base_dir, ca_file)
@@ -545,14 +559,7 @@ def _read_relay(
         password_env=password_env,
         password_file=_resolve(base_dir, password_file) if password_file else None,
         ca_file=ca_file,
-        allow_plaintext_auth=_get(
-            table,
-            "allow_plaintext_auth",
-            bool,
-            problems,
-            f"{prefix}.allow_plaintext_auth",
-            default=False,
-        ),
+        allow_plaintext_auth=plaintext_auth,
         ehlo_name=_get(table, "ehlo_name", str, problems, f"{prefix}.ehlo_name"),
         rate=rate,
         weight=positive_ints["weight"],

@@ -22,11 +22,12 @@ import socket
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from mailblast.aio import raise_if_cancelling
 from mailblast.compose import Composer, message_id_for
 from mailblast.config import Campaign
 from mailblast.errors import StoreError, TemplateError
@@ -43,6 +44,7 @@ logger = logging.getLogger("mailblast.engine")
 IDLE_SESSION_SECONDS = 5.0
 IDLE_CHECK_SECONDS = 2.0  # a session idle this long is checked with NOOP before reuse
 THROTTLED_SLOT_POLL = 0.2
+SHUTDOWN_SECONDS = 30.0
 # Replies that ask a client to slow down (RFC 5321 section 4.2.3 and common relay practice).
 THROTTLE_CODES = frozenset({421, 450, 451, 452})
 CONTROL_POLL_SECONDS = 1.0
@@ -104,6 +106,8 @@ class Engine:
         self.paused = False
         self.wait_for_deferred = True
         self._claimed: dict[int, Job] = {}
+        self.failure: Exception | None = None
+        self.cancelled = False
         self.recent_errors: deque[bool] = deque(maxlen=campaign.sending.error_window)
 
     async def _db(self, function: Callable[..., T], *args: Any) -> T:
@@ -114,32 +118,39 @@ class Engine:
     # Lifecycle
 
     async def run(self, *, wait: bool = True) -> RunStats:
-        """Send until every message is final (or, without ``wait``, until nothing is due now)."""
+        """Send until every message is final (or, without ``wait``, until nothing is due now).
+
+        Raises the first error a task met (a StoreError when an outcome cannot be written),
+        after stopping every other task.
+        """
         self.wait_for_deferred = wait
         await self._start()
-        recorder_task = asyncio.create_task(self.recorder.run(), name="recorder")
-        tasks = [
-            asyncio.create_task(self._claimer(), name="claimer"),
-            asyncio.create_task(self._dispatcher(), name="dispatcher"),
-            asyncio.create_task(self._control(), name="control"),
-        ]
+        recorder_task = asyncio.create_task(self._guard(self.recorder.run()), name="recorder")
+        workers = [self._claimer(), self._dispatcher(), self._control()]
         for relay in self.pool.relays:
-            for slot in range(relay.settings.max_connections):
-                tasks.append(
-                    asyncio.create_task(self._session(relay, slot), name=f"{relay.name}-{slot}")
-                )
+            workers += [
+                self._session(relay, slot) for slot in range(relay.settings.max_connections)
+            ]
+        tasks = [asyncio.create_task(self._guard(worker)) for worker in workers]
         try:
-            await self._until_stopped(recorder_task)
+            await self.stopping.wait()
         finally:
             await self._shutdown(tasks, recorder_task)
+        if self.failure is not None:
+            raise self.failure
         return self.stats
 
-    async def _until_stopped(self, recorder_task: asyncio.Task[None]) -> None:
-        stop = asyncio.create_task(self.stopping.wait())
-        await asyncio.wait({stop, recorder_task}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if recorder_task.done() and recorder_task.exception():
-            raise recorder_task.exception()  # type: ignore[misc]
+    async def _guard(self, worker: Coroutine[Any, Any, None]) -> None:
+        """Run one task; an error in any of them stops the whole engine, never just that task."""
+        try:
+            await worker
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            if self.failure is None:
+                self.failure = error
+            logger.error("campaign %s: stopping after an error: %s", self.campaign.name, error)
+            self.request_stop(f"error: {error}")
 
     async def _start(self) -> None:
         now = self.clock()
@@ -186,13 +197,20 @@ class Engine:
         self.stopping.set()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS)
+        if stuck:
+            logger.error(
+                "campaign %s: %d tasks did not stop in time", self.campaign.name, len(stuck)
+            )
         unsent = [job.message.id for job in self._claimed.values()]
         try:
-            if self.recorder.failed is None:
+            if self.failure is None:
                 await self.recorder.stop(recorder_task)
                 if unsent:
                     await self._db(self.store.release, self.row.id, self.run_id, unsent)
+                if self.cancelled:
+                    count = await self._db(self.store.cancel_remaining, self.row.id, self.clock())
+                    logger.info("campaign %s: cancelled %d messages", self.campaign.name, count)
                 await self._db(self.store.remove_run, self.run_id)
         finally:
             recorder_task.cancel()
@@ -290,7 +308,9 @@ class Engine:
         """
         connection: RelayConnection | None = None
         try:
-            while True:
+            # Checking stopping as well as being cancelled: aiosmtplib waits with wait_for,
+            # which on Python 3.11 can lose a cancellation that meets a reply.
+            while not self.stopping.is_set():
                 if not relay.session_allowed(slot):
                     await self._close(relay, connection)
                     connection = None
@@ -320,8 +340,10 @@ class Engine:
         """Wait for the relay's next job; None when an open session stayed idle too long."""
         timeout = IDLE_SESSION_SECONDS if connection is not None else THROTTLED_SLOT_POLL * 5
         try:
-            return await asyncio.wait_for(relay.queue.get(), timeout)
+            async with asyncio.timeout(timeout):
+                return await relay.queue.get()
         except TimeoutError:
+            raise_if_cancelling()
             return None
 
     async def _usable_session(
@@ -400,8 +422,10 @@ class Engine:
                 token=str(message.id),
                 now=self.clock(),
             )
-        except TemplateError as error:
-            reply = Reply(Command.DATA, None, None, f"template failed: {error}", Scope.MESSAGE)
+        except (TemplateError, ValueError) as error:
+            # One recipient's message cannot be built (a template error, an address that
+            # cannot be written into To): fail that message, not the run.
+            reply = Reply(Command.DATA, None, None, f"cannot compose: {error}", Scope.MESSAGE)
             self._finish(job, relay, reply, 0.0)
             return
         started = time.monotonic()
@@ -572,11 +596,8 @@ class Engine:
             )
 
     async def _cancel(self) -> None:
-        await self._release_unstarted()
-        cancelled = await self._db(self.store.cancel_remaining, self.row.id, self.clock())
-        logger.info(
-            "campaign %s: cancelled; %d messages will not be sent", self.campaign.name, cancelled
-        )
+        """Stop; the shutdown marks every message not yet sent as cancelled."""
+        self.cancelled = True
         self.request_stop("cancelled")
 
     async def _pause_self(self, reason: str) -> None:

@@ -25,7 +25,7 @@ _PARTS = ("subject", "text", "html", "to_name")
 
 @dataclass(slots=True)
 class Rendered:
-    """One recipient's rendered templates; text, html and to_name are None when not configured."""
+    """One recipient's rendered templates, with None for each template the campaign lacks."""
 
     subject: str
     text: str | None
@@ -73,7 +73,7 @@ class CompiledTemplates:
     def render(self, fields: Mapping[str, str], extra: Mapping[str, str]) -> Rendered:
         """Render all templates for one recipient.
 
-        ``extra`` holds the built-in variables and wins over a column of the same name. Raises
+        ``extra`` contains the built-in variables and wins over a column of the same name. Raises
         TemplateError naming the template and line when rendering fails, so that the caller can
         fail this message alone.
         """
@@ -140,7 +140,7 @@ class CompiledTemplates:
         try:
             return template.render(context)
         except Exception as error:
-            # Filters and tests may raise any exception type; each must fail only this message.
+            # Filters and tests may raise any exception type, and each must fail only this message.
             label = self._labels[part]
             line = _template_line(error.__traceback__, label)
             where = f"{label}:{line}" if line is not None else label

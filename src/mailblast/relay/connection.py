@@ -83,6 +83,19 @@ class RelayConnection:
     async def open(self) -> None:
         """Connect and prepare the session; raise SessionError with a classified reason."""
         relay = self.settings
+        # The campaign check refuses this too; a relay rebuilt from an old store is held here.
+        if relay.username and relay.tls == "none" and not relay.allow_plaintext_auth:
+            raise SessionError(
+                Reply(
+                    Command.AUTH,
+                    None,
+                    None,
+                    f"relay {relay.name} has tls = 'none', so AUTH would send the password in"
+                    " clear; set tls = 'starttls' or 'implicit' (allow_plaintext_auth only for"
+                    " loopback tests)",
+                    Scope.RELAY,
+                )
+            )
         client = aiosmtplib.SMTP(
             hostname=relay.host,
             port=relay.port,
@@ -111,20 +124,6 @@ class RelayConnection:
         relay = self.settings
         if not relay.username:
             return
-        encrypted = relay.tls != "none"
-        if not encrypted and not relay.allow_plaintext_auth:
-            self.close()
-            raise SessionError(
-                Reply(
-                    Command.AUTH,
-                    None,
-                    None,
-                    f"relay {relay.name} has tls = 'none', so AUTH would send the password in"
-                    " clear; set tls = 'starttls' or 'implicit' (allow_plaintext_auth only for"
-                    " loopback tests)",
-                    Scope.RELAY,
-                )
-            )
         password = relay.password() or ""
         try:
             await client.login(relay.username, password)

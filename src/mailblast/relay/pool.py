@@ -16,12 +16,12 @@ the run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from mailblast.aio import raise_if_cancelling
 from mailblast.config import RelaySettings
 
 logger = logging.getLogger("mailblast.relay")
@@ -175,8 +175,10 @@ class RelayPool(Generic[JobT]):
             relay.queue.put_nowait(job)
             return True
         try:
-            await asyncio.wait_for(relay.queue.put(job), SPILL_WAIT)
+            async with asyncio.timeout(SPILL_WAIT):
+                await relay.queue.put(job)
         except TimeoutError:
+            raise_if_cancelling()
             relay.saturated_until = self.clock() + SATURATED_PAUSE
             logger.debug(
                 "relay %s: queue full for %.2fs; spilling to others", relay.name, SPILL_WAIT
@@ -187,8 +189,11 @@ class RelayPool(Generic[JobT]):
     async def wait_for_capacity(self, timeout: float) -> None:
         """Wait until a relay frees queue room or the timeout passes (a relay may come back)."""
         self.capacity.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.capacity.wait(), timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await self.capacity.wait()
+        except TimeoutError:
+            raise_if_cancelling()
 
     def notify(self) -> None:
         self.capacity.set()
