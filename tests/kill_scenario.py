@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conftest import person_rows, relay_block, write_campaign, write_list
-
 from mailblast.sink import ThreadedSink
 
 CONNECTIONS_PER_RELAY = 4

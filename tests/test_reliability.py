@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import person_rows, relay_block, write_campaign, write_list
 
+from conftest import person_rows, relay_block, write_campaign, write_list
 from mailblast import blast
 from mailblast.config import load_campaign
 from mailblast.errors import ConfigError, StoreError
@@ -224,7 +224,7 @@ def test_no_usable_relay_pauses_campaign(
     write_list(tmp_path / "attendees.csv", person_rows(20))
     campaign = load_campaign(write_campaign(tmp_path, relays))
 
-    summary, stats, _ = blast.send(campaign, wait=False)
+    summary, _, _ = blast.send(campaign, wait=False)
 
     assert summary.status == "paused"
     assert summary.status_reason is not None
