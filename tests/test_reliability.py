@@ -177,22 +177,24 @@ def test_throttling_relay_delivers_everything(
     assert any(r["code"] == 421 and r["type"] == "deferred" for r in records)
 
 
+def locked_relay(port: int) -> str:
+    """A relay block whose password (from MAILBLAST_TEST_PASSWORD) the test sets wrong."""
+    return relay_block(
+        "locked",
+        port,
+        username="blast",
+        password_env="MAILBLAST_TEST_PASSWORD",
+        allow_plaintext_auth=True,
+    )
+
+
 def test_auth_failure_takes_relay_out(
     tmp_path: Path, start_sink: Callable[..., ThreadedSink], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     good = start_sink()
     locked = start_sink(auth={"blast": "right"})
     monkeypatch.setenv("MAILBLAST_TEST_PASSWORD", "wrong")
-    relays = [
-        relay_block("good", good.port),
-        relay_block(
-            "locked",
-            locked.port,
-            username="blast",
-            password_env="MAILBLAST_TEST_PASSWORD",
-            allow_plaintext_auth=True,
-        ),
-    ]
+    relays = [relay_block("good", good.port), locked_relay(locked.port)]
     write_list(tmp_path / "attendees.csv", person_rows(200))
     campaign = load_campaign(write_campaign(tmp_path, relays))
 
@@ -212,15 +214,7 @@ def test_no_usable_relay_pauses_campaign(
 ) -> None:
     locked = start_sink(auth={"blast": "right"})
     monkeypatch.setenv("MAILBLAST_TEST_PASSWORD", "wrong")
-    relays = [
-        relay_block(
-            "locked",
-            locked.port,
-            username="blast",
-            password_env="MAILBLAST_TEST_PASSWORD",
-            allow_plaintext_auth=True,
-        )
-    ]
+    relays = [locked_relay(locked.port)]
     write_list(tmp_path / "attendees.csv", person_rows(20))
     campaign = load_campaign(write_campaign(tmp_path, relays))
 

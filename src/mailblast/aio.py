@@ -9,7 +9,7 @@ def raise_if_cancelling() -> None:
     """Re-raise a cancellation that Python 3.11 reported as a timeout.
 
     When a task is cancelled as its ``asyncio.timeout`` expires, 3.11 can raise TimeoutError
-    and lose the cancellation; a loop that treats the timeout as "nothing yet" would then
+    and lose the cancellation. A loop that treats the timeout as "nothing yet" would then
     never stop.
     """
     task = asyncio.current_task()

@@ -141,11 +141,19 @@ def _install_signal_handlers(engine: Engine) -> None:
         loop.add_signal_handler(number, handle, name)
 
 
-def summarise(store: SQLiteStore, name: str) -> Summary:
-    """Build the summary of a campaign from the store alone."""
+def require_campaign(store: SQLiteStore, name: str) -> CampaignRow:
+    """Return the campaign's row, or raise an error naming the campaign and the store."""
     row = store.get_campaign(name)
     if row is None:
-        raise MailblastError(f"campaign {name!r} not found in store {store.path}")
+        raise MailblastError(
+            f"campaign {name!r} not found in store {store.path}; check the name and --store"
+        )
+    return row
+
+
+def summarise(store: SQLiteStore, name: str) -> Summary:
+    """Build the summary of a campaign from the store alone."""
+    row = require_campaign(store, name)
     counts = store.counts(row.id)
     relays = store.relay_totals(row.id)
     for totals in relays.values():
@@ -237,9 +245,7 @@ async def _nothing() -> None:
 
 def campaign_settings(store: SQLiteStore, name: str) -> Campaign:
     """Rebuild a campaign from the settings the store keeps."""
-    row = store.get_campaign(name)
-    if row is None:
-        raise MailblastError(f"campaign {name!r} not found in store {store.path}")
+    row = require_campaign(store, name)
     return Campaign.from_dict(row.settings)
 
 

@@ -70,7 +70,7 @@ class RelaySettings:
 
 @dataclass(frozen=True)
 class RecipientSettings:
-    """Where the recipient list is and how to read it."""
+    """Recipient list location and reading options."""
 
     path: str
     email_column: str = "email"
@@ -82,7 +82,7 @@ class RecipientSettings:
 
 @dataclass(frozen=True)
 class SendingSettings:
-    """How the engine paces, retries and leases messages."""
+    """Pacing, retry, lease and error-budget settings of the engine."""
 
     batch_size: int = 500
     lease: float = 300.0

@@ -64,7 +64,7 @@ class Job:
 
 @dataclass
 class RunStats:
-    """What this run did, for the progress display and the summary."""
+    """Counters of this run, for the progress display and the summary."""
 
     started: float = field(default_factory=time.monotonic)
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -108,6 +108,7 @@ class Engine:
         self._claimed: dict[int, Job] = {}
         self.failure: Exception | None = None
         self.cancelled = False
+        self._busy: set[asyncio.Task[Any]] = set()
         self.recent_errors: deque[bool] = deque(maxlen=campaign.sending.error_window)
 
     async def _db(self, function: Callable[..., T], *args: Any) -> T:
@@ -126,16 +127,17 @@ class Engine:
         self.wait_for_deferred = wait
         await self._start()
         recorder_task = asyncio.create_task(self._guard(self.recorder.run()), name="recorder")
-        workers = [self._claimer(), self._dispatcher(), self._control()]
-        for relay in self.pool.relays:
-            workers += [
-                self._session(relay, slot) for slot in range(relay.settings.max_connections)
-            ]
-        tasks = [asyncio.create_task(self._guard(worker)) for worker in workers]
+        control = [self._claimer(), self._dispatcher(), self._control()]
+        control_tasks = [asyncio.create_task(self._guard(worker)) for worker in control]
+        session_tasks = [
+            asyncio.create_task(self._guard(self._session(relay, slot)))
+            for relay in self.pool.relays
+            for slot in range(relay.settings.max_connections)
+        ]
         try:
             await self.stopping.wait()
         finally:
-            await self._shutdown(tasks, recorder_task)
+            await self._shutdown(control_tasks, session_tasks, recorder_task)
         if self.failure is not None:
             raise self.failure
         return self.stats
@@ -192,16 +194,34 @@ class Engine:
             self.stopping.set()
 
     async def _shutdown(
-        self, tasks: list[asyncio.Task[None]], recorder_task: asyncio.Task[None]
+        self,
+        control_tasks: list[asyncio.Task[None]],
+        session_tasks: list[asyncio.Task[None]],
+        recorder_task: asyncio.Task[None],
     ) -> None:
+        """Let sessions finish the message they are sending, then stop and save the state.
+
+        Idle sessions are cancelled at once; busy ones get SHUTDOWN_SECONDS. If this coroutine
+        is itself cancelled (a second Ctrl-C), claimed messages stay claimed, and the next run
+        takes them back: requeued, or unknown when their final dot may have been written.
+        """
         self.stopping.set()
-        for task in tasks:
+        for task in control_tasks:
             task.cancel()
-        _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS)
+        for task in session_tasks:
+            if task not in self._busy:
+                task.cancel()
+        _, stuck = await asyncio.wait(control_tasks + session_tasks, timeout=SHUTDOWN_SECONDS)
         if stuck:
             logger.error(
-                "campaign %s: %d tasks did not stop in time", self.campaign.name, len(stuck)
+                "campaign %s: %d sessions still sending after %.0fs; cancelling them",
+                self.campaign.name,
+                len(stuck),
+                SHUTDOWN_SECONDS,
             )
+            for task in stuck:
+                task.cancel()
+            await asyncio.wait(stuck)
         unsent = [job.message.id for job in self._claimed.values()]
         try:
             if self.failure is None:
@@ -301,7 +321,7 @@ class Engine:
     # Sessions
 
     async def _session(self, relay: RelayState[Job], slot: int) -> None:
-        """One connection slot of a relay: take messages from its queue and send them.
+        """Take messages from the relay's queue and send them over one connection slot.
 
         Slots at or above the relay's allowed session count (lowered by throttling replies)
         close their session and take nothing until the relay recovers.
@@ -322,7 +342,13 @@ class Engine:
                     connection = None
                     continue
                 self.pool.notify()
-                connection = await self._send_job(relay, connection, job)
+                task = asyncio.current_task()
+                assert task is not None
+                self._busy.add(task)
+                try:
+                    connection = await self._send_job(relay, connection, job)
+                finally:
+                    self._busy.discard(task)
         finally:
             if connection is not None:
                 relay.sessions_open -= 1
@@ -397,7 +423,7 @@ class Engine:
     def _session_failed(
         self, relay: RelayState[Job], job: Job, reply: Reply, duration: float
     ) -> None:
-        """A relay could not be used: the message goes elsewhere and is not blamed."""
+        """Send the message elsewhere after a relay failed it, without counting it against it."""
         if reply.scope is Scope.RELAY:
             relay.disable(reply.describe())
         else:
@@ -582,7 +608,7 @@ class Engine:
                     self.request_stop("paused")
 
     async def _release_unstarted(self) -> None:
-        """Give back claimed messages that no session has taken yet, so a pause holds nothing."""
+        """Release claimed messages that no session has taken yet, so a pause keeps none."""
         jobs = list(self.pending)
         self.pending.clear()
         for relay in self.pool.relays:

@@ -51,11 +51,7 @@ def _output(path: str | None) -> Iterator[TextIO]:
 
 def run_export(arguments: argparse.Namespace) -> int:
     with blast.opened(arguments.store) as store:
-        row = store.get_campaign(arguments.name)
-        if row is None:
-            raise MailblastError(
-                f"campaign {arguments.name!r} not found in store {arguments.store}"
-            )
+        row = blast.require_campaign(store, arguments.name)
         with _output(arguments.output) as handle:
             records = store.iter_log(row.id)
             if arguments.format == "csv":

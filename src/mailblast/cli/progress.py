@@ -114,41 +114,55 @@ def print_summary(summary: Summary, stats: RunStats | None = None) -> None:
     console = Console(highlight=False)
     reason = f" ({summary.status_reason})" if summary.status_reason else ""
     console.print(f"campaign {summary.name}: {summary.status}{reason}")
-    states = Table(title="messages by state", show_edge=False)
-    states.add_column("state")
-    states.add_column("messages", justify="right")
-    for state, count in summary.counts.items():
-        if count:
-            states.add_row(state, str(count))
-    states.add_row("total", str(summary.total))
-    console.print(states)
+    console.print(_states_table(summary))
+
     load = summary.load
     console.print(
         f"list: {load['rows']} rows read, {load['rejected']} rejected,"
         f" {load['duplicates']} duplicates, {load['suppressed']} suppressed"
     )
     if summary.relays:
-        relays = Table(title="relays", show_edge=False)
-        for column in ("relay", "sent", "deferred", "bounced", "failed", "msg/s"):
-            relays.add_column(column, justify="left" if column == "relay" else "right")
-        for name, totals in sorted(summary.relays.items()):
-            relays.add_row(
-                name,
-                *(str(totals.get(kind, 0)) for kind in ("sent", "deferred", "bounced", "failed")),
-                f"{totals.get('rate', 0.0):.0f}",
-            )
-        console.print(relays)
+        console.print(_relays_table(summary))
     if summary.elapsed is not None:
         console.print(f"elapsed: {format_duration(summary.elapsed)}")
+
+    for note in _notes(summary, stats):
+        console.print(note)
+
+
+def _states_table(summary: Summary) -> Table:
+    table = Table(title="messages by state", show_edge=False)
+    table.add_column("state")
+    table.add_column("messages", justify="right")
+    for state, count in summary.counts.items():
+        if count:
+            table.add_row(state, str(count))
+    table.add_row("total", str(summary.total))
+    return table
+
+
+def _relays_table(summary: Summary) -> Table:
+    table = Table(title="relays", show_edge=False)
+    for column in ("relay", "sent", "deferred", "bounced", "failed", "msg/s"):
+        table.add_column(column, justify="left" if column == "relay" else "right")
+    for name, totals in sorted(summary.relays.items()):
+        counts = (str(totals.get(kind, 0)) for kind in ("sent", "deferred", "bounced", "failed"))
+        table.add_row(name, *counts, f"{totals.get('rate', 0.0):.0f}")
+    return table
+
+
+def _notes(summary: Summary, stats: RunStats | None) -> list[str]:
+    notes = []
     if summary.counts.get("deferred") and summary.next_due:
         wait = max(0.0, summary.next_due - time.time())
-        console.print(
+        notes.append(
             f"{summary.counts['deferred']} deferred; next retry due in {format_duration(wait)}"
         )
     if summary.counts.get("unknown"):
-        console.print(
+        notes.append(
             f"{summary.counts['unknown']} unknown: the relay may have accepted them; resend with"
             f" 'mailblast retry {summary.name} --unknown' only if duplicates are acceptable"
         )
     if stats is not None and stats.stop_reason:
-        console.print(f"this run stopped: {stats.stop_reason}")
+        notes.append(f"this run stopped: {stats.stop_reason}")
+    return notes

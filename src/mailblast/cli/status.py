@@ -78,11 +78,7 @@ def run_status(arguments: argparse.Namespace) -> int:
 
 def run_control(arguments: argparse.Namespace) -> int:
     with blast.opened(arguments.store) as store:
-        row = store.get_campaign(arguments.name)
-        if row is None:
-            raise MailblastError(
-                f"campaign {arguments.name!r} not found in store {arguments.store}"
-            )
+        row = blast.require_campaign(store, arguments.name)
         if row.status in ("cancelled", "done") and arguments.action != "cancel":
             raise MailblastError(
                 f"campaign {arguments.name} is {row.status}; it cannot be {arguments.action}d"
@@ -112,11 +108,7 @@ def _confirm(prompt: str) -> bool:
 
 def run_retry(arguments: argparse.Namespace) -> int:
     with blast.opened(arguments.store) as store:
-        row = store.get_campaign(arguments.name)
-        if row is None:
-            raise MailblastError(
-                f"campaign {arguments.name!r} not found in store {arguments.store}"
-            )
+        row = blast.require_campaign(store, arguments.name)
         count = store.retry_unknown(row.id, time.time())
         if count and row.status == "done":
             store.set_status(row.id, "active", None, time.time())

@@ -23,7 +23,7 @@ from enum import StrEnum
 
 
 class Scope(StrEnum):
-    """Who a reply is about."""
+    """The party a reply is about."""
 
     SUCCESS = "success"
     CONNECTION = "connection"
@@ -36,7 +36,7 @@ class Scope(StrEnum):
 
 
 class Command(StrEnum):
-    """The SMTP step a reply answered."""
+    """The SMTP step that a reply belongs to."""
 
     CONNECT = "connect"
     EHLO = "ehlo"
@@ -111,7 +111,7 @@ def classify(command: Command, code: int, text: str) -> Reply:
 
 
 def connection_failure(command: Command, text: str, *, after_end_of_data: bool = False) -> Reply:
-    """A lost, refused or timed-out connection; after the end of DATA the outcome is unknown."""
+    """Describe a lost, refused or timed-out connection; after the end of DATA it is unknown."""
     scope = Scope.UNKNOWN if after_end_of_data else Scope.CONNECTION
     return Reply(command, None, None, text, scope)
 

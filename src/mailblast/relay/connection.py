@@ -1,8 +1,8 @@
 """One SMTP session to a relay: connect, EHLO, STARTTLS, AUTH once, then a transaction per message.
 
-Built on aiosmtplib. DATA is split in two steps so that a lost connection before the relay's 354
-(nothing handed over: the message is retried) is told apart from one lost after the final dot was
-written (the relay may have accepted it: the outcome is unknown).
+Built on aiosmtplib. DATA is split in two steps. A connection lost before the relay's 354
+handed nothing over, so the message is retried. A connection lost after the final dot was
+written may have delivered it, so the outcome is unknown.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ _CONNECTION_ERRORS = (
 
 
 class SessionError(Exception):
-    """The session cannot carry on; ``reply`` says why, with its scope."""
+    """The session cannot continue; ``reply`` gives the reason and its scope."""
 
     def __init__(self, reply: Reply) -> None:
         self.reply = reply

@@ -4,8 +4,9 @@ Selection is smooth weighted round robin (the nginx algorithm) over the usable r
 whose queue stays full, or that is failing, spills its share to the others. Each
 relay has one bounded queue drained by at most ``max_connections`` sessions.
 
-Throttling replies (421, 4xx) halve the sessions a relay may use; each success grows them back
-a little (AIMD), so a relay that asks us to slow down gets fewer connections until it recovers.
+Throttling replies (421, 450, 451, 452) halve the sessions a relay may use, and each success
+grows them back a little (AIMD). A relay that asks us to slow down gets fewer connections until
+it recovers.
 
 Health is a circuit breaker: after ``FAILURES_TO_OPEN`` consecutive connection failures the relay
 is left alone for a backoff that doubles up to ``MAX_BACKOFF`` seconds, then one session probes it

@@ -3,7 +3,7 @@
 Each backend keeps one row per message with the states below, an append-only delivery log, the
 suppression list, the campaigns' settings and the runs that are sending. Methods are synchronous
 and each one is a single transaction. The engine calls them from one dedicated thread, so a
-backend object never sees two calls at once.
+backend object never runs two calls at once.
 
 Message states::
 
@@ -66,7 +66,7 @@ LOG_COLUMNS = (
 
 @dataclass(slots=True)
 class CampaignRow:
-    """A campaign as the store holds it."""
+    """A campaign row of the store."""
 
     id: int
     name: str
@@ -142,7 +142,7 @@ class LoadRow:
 
 @dataclass(slots=True)
 class LoadChunkResult:
-    """What happened to one chunk of accepted rows."""
+    """Outcome of loading one chunk of accepted rows."""
 
     queued: int = 0
     duplicates: list[tuple[LoadRow, int]] = field(default_factory=list)  # (row, line of first)
