@@ -227,6 +227,15 @@ def test_no_usable_relay_pauses_campaign(
     assert summary.counts["queued"] == 20
     assert locked.stats.messages == 0
 
+    monkeypatch.setenv("MAILBLAST_TEST_PASSWORD", "right")
+    with blast.opened(campaign.store) as store:
+        row = blast.require_campaign(store, campaign.name)
+        store.set_status(row.id, "active", None, time.time())
+    resumed, _, _ = blast.send(campaign)
+    assert resumed.status == "done"
+    assert resumed.counts["sent"] == 20
+    assert locked.stats.messages == 20
+
 
 def test_plaintext_auth_refused_without_tls(
     tmp_path: Path, start_sink: Callable[..., ThreadedSink]

@@ -108,13 +108,15 @@ class RelayConnection:
         self.client = client
         try:
             await client.connect(timeout=relay.connect_timeout)
+            if client.is_ehlo_or_helo_needed:
+                # Without STARTTLS aiosmtplib defers EHLO; the extensions are needed now.
+                await client.ehlo()
         except aiosmtplib.SMTPResponseException as error:
             self.close()
             raise SessionError(classify(Command.CONNECT, error.code, error.message)) from error
         except _CONNECTION_ERRORS as error:
             self.close()
-            command = Command.STARTTLS if isinstance(error, ssl.SSLError) else Command.CONNECT
-            raise SessionError(connection_failure(command, _describe(error))) from error
+            raise SessionError(_connect_failure(relay, error)) from error
         await self._authenticate(client)
         self.smtputf8 = client.supports_extension("smtputf8")
         self.pipelining = client.supports_extension("pipelining")
@@ -265,6 +267,21 @@ class RelayConnection:
         if self.client is not None:
             self.client.close()
         self.client = None
+
+
+def _connect_failure(relay: RelaySettings, error: BaseException) -> Reply:
+    """Classify a failed connect; a certificate that does not verify is the relay's setup."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            text = (
+                f"TLS certificate of relay {relay.name} ({relay.host}) failed verification:"
+                f" {cause.verify_message}; set ca_file if it uses a private CA"
+            )
+            return Reply(Command.STARTTLS, None, None, text, Scope.RELAY)
+        cause = cause.__cause__ or cause.__context__
+    command = Command.STARTTLS if isinstance(error, ssl.SSLError) else Command.CONNECT
+    return connection_failure(command, _describe(error))
 
 
 def _describe(error: BaseException) -> str:
