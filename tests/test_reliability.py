@@ -411,3 +411,37 @@ def test_signal_stops_gracefully(
     assert counts["sent"] == sink.stats.messages
     assert counts["queued"] + counts["sent"] == 20000
     assert final["runs"] == []
+
+
+def test_second_sigint_stops_at_once_safely(
+    tmp_path: Path, start_sink: Callable[..., ThreadedSink]
+) -> None:
+    sink = start_sink(keep_messages=True)
+    campaign = slow_campaign(tmp_path, sink, count=3000)
+    store = str(tmp_path / "mailblast.db")
+    sender = start_sender(campaign, tmp_path / "send.log")
+    try:
+        wait_for(lambda: sink.stats.messages > 100)
+        os.kill(sender.pid, signal.SIGINT)
+        time.sleep(0.05)
+        os.kill(sender.pid, signal.SIGINT)
+        sender.wait(timeout=30)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()
+
+    result = run_cli("send", str(campaign))
+    assert result.returncode == 0, result.stderr
+    retry = run_cli("retry", "spring-gala", "--store", store, "--unknown")
+    assert retry.returncode == 0
+    assert run_cli("send", str(campaign)).returncode == 0
+
+    final = status(store)
+    counts = final["counts"]
+    assert isinstance(counts, dict)
+    assert counts["sent"] == 3000
+    received = Counter(r for m in sink.stats.received for r in m.recipients)
+    assert len(received) == 3000
+    unknown = {str(r["recipient"]) for r in log_records(store) if r["type"] == "unknown"}
+    assert [r for r, n in received.items() if n > 1 and r not in unknown] == []

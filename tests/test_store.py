@@ -107,6 +107,15 @@ def test_recover_expired_lease_only(store: SQLiteStore) -> None:
     assert store.recover(campaign, [], 150).requeued == 1
 
 
+def test_renewed_lease_not_recovered(store: SQLiteStore) -> None:
+    campaign = make_campaign(store)
+    store.load_chunk(campaign, rows(2), [], 3, 2)
+    store.claim(campaign, "live-run", 10, 100, 2)
+    store.renew_lease(campaign, "live-run", 400)
+    assert store.recover(campaign, [], 150).requeued == 0
+    assert store.recover(campaign, [], 450).requeued == 2
+
+
 def test_release_returns_unattempted(store: SQLiteStore) -> None:
     campaign = make_campaign(store)
     store.load_chunk(campaign, rows(2), [], 3, 2)

@@ -586,11 +586,21 @@ class Engine:
     # Control
 
     async def _control(self) -> None:
-        """Follow pause, resume and cancel requests made from other processes."""
+        """Follow pause, resume and cancel requests made from other processes.
+
+        Also writes the run's heartbeat, and renews the lease on its claimed messages every
+        third of the lease, so that messages waiting for a relay are not taken over.
+        """
+        renewed = self.clock()
         while not self.stopping.is_set():
             await asyncio.sleep(CONTROL_POLL_SECONDS)
+            now = self.clock()
             row = await self._db(self.store.get_campaign, self.campaign.name)
-            await self._db(self.store.heartbeat, self.run_id, self.clock())
+            await self._db(self.store.heartbeat, self.run_id, now)
+            lease = self.campaign.sending.lease
+            if now - renewed >= lease / 3:
+                await self._db(self.store.renew_lease, self.row.id, self.run_id, now + lease)
+                renewed = now
             if row is None:
                 continue
             if row.status == "cancelled":

@@ -183,6 +183,8 @@ class Store(Protocol):
         self, campaign_id: int, owner: str, now: float, lease_until: float, limit: int
     ) -> list[ClaimedMessage]: ...
 
+    def renew_lease(self, campaign_id: int, owner: str, lease_until: float) -> None: ...
+
     def commit_group(
         self,
         campaign_id: int,
