@@ -70,4 +70,4 @@ def test_connection_failure_after_dot_is_unknown() -> None:
 def test_reply_text_whitespace_collapsed() -> None:
     reply = classify(Command.RCPT, 550, "5.1.1 line one\nline  two")
     assert reply.text == "5.1.1 line one line two"
-    assert reply.describe() == "550 5.1.1 5.1.1 line one line two"
+    assert reply.describe() == "550 5.1.1 line one line two"

@@ -158,12 +158,6 @@ def test_send_test_to_outside_records(
     assert not (tmp_path / "mailblast.db").exists()
 
 
-def test_status_unknown_campaign(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, _, err = run(capsys, "status", "nope", "--store", str(tmp_path / "x.db"))
-    assert code == 2
-    assert "campaign 'nope' not found" in err
-
-
 def status_of(capsys: pytest.CaptureFixture[str], store: str) -> str:
     code, out, _ = run(capsys, "status", "spring-gala", "--store", store, "--json")
     assert code == 0
@@ -196,3 +190,63 @@ def test_console_script_runs() -> None:
         check=True,
     )
     assert result.stdout.startswith("mailblast ")
+
+
+def test_limit_without_test_to_rejected(
+    capsys: pytest.CaptureFixture[str], campaign_file: Path, tmp_path: Path
+) -> None:
+    code, _, err = run(capsys, "send", str(campaign_file), "--limit", "2")
+    assert code == 2
+    assert "--limit applies only to proofs" in err
+    assert not (tmp_path / "mailblast.db").exists()
+
+
+def test_status_missing_store_not_created(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere.db"
+    code, _, err = run(capsys, "status", "spring-gala", "--store", str(missing))
+    assert code == 2
+    assert "not found" in err
+    assert not missing.exists()
+
+
+def test_unknown_campaign_lists_known(
+    capsys: pytest.CaptureFixture[str], campaign_file: Path, tmp_path: Path
+) -> None:
+    store, _, _ = prepare(load_campaign(campaign_file))
+    store.close()
+    code, _, err = run(capsys, "status", "autumn", "--store", str(tmp_path / "mailblast.db"))
+    assert code == 2
+    assert "campaign 'autumn' not found" in err
+    assert "campaigns there: spring-gala" in err
+
+
+def test_check_reports_unset_password(
+    capsys: pytest.CaptureFixture[str],
+    campaign_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MAILBLAST_TEST_UNSET", raising=False)
+    text = campaign_file.read_text(encoding="utf-8").replace(
+        'tls = "none"',
+        'tls = "none"\nusername = "u"\npassword_env = "MAILBLAST_TEST_UNSET"\n'
+        "allow_plaintext_auth = true",
+    )
+    campaign_file.write_text(text, encoding="utf-8")
+    code, _, err = run(capsys, "check", str(campaign_file))
+    assert code == 2
+    assert "MAILBLAST_TEST_UNSET is not set" in err
+
+
+def test_preview_row_out_of_range(capsys: pytest.CaptureFixture[str], campaign_file: Path) -> None:
+    code, _, err = run(capsys, "preview", str(campaign_file), "--row", "99")
+    assert code == 2
+    assert "--row 99 is out of range" in err
+
+
+def test_sink_port_validated(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["sink", "--port", "99999"])
+    assert exited.value.code == 2
+    assert "invalid port 99999" in capsys.readouterr().err

@@ -171,9 +171,14 @@ def test_throttling_relay_delivers_everything(
     assert len(received) == 605
     assert max(received.values()) == 1
     records = log_records(campaign.store)
-    greylisted = [r for r in records if r["recipient"] == "tempfail2-0@example.com"]
+    # A 421 may also land on this recipient's MAIL; only its RCPT replies are checked here.
+    greylisted = [
+        r
+        for r in records
+        if r["recipient"] == "tempfail2-0@example.com" and r["command"] in ("rcpt", "end-of-data")
+    ]
     assert [r["type"] for r in greylisted] == ["deferred", "deferred", "sent"]
-    assert [r["attempt"] for r in greylisted] == [1, 2, 3]
+    assert [r["code"] for r in greylisted] == [451, 451, 250]
     assert any(r["code"] == 421 and r["type"] == "deferred" for r in records)
 
 
@@ -398,7 +403,7 @@ def test_signal_stops_gracefully(
     try:
         wait_for(lambda: sink.stats.messages > 100)
         os.kill(sender.pid, signal_number)
-        assert sender.wait(timeout=30) == 0
+        assert sender.wait(timeout=30) == 130
     finally:
         if sender.poll() is None:
             sender.kill()

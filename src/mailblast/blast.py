@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mailblast.compose import Composer
@@ -95,7 +96,11 @@ def send(
             store.set_status(row.id, "active", None, time.time())
         row = store.get_campaign(campaign.name) or row
         engine = Engine(store, campaign, row, composer)
-        stats = asyncio.run(_run_engine(engine, wait, install_signal_handlers, on_start))
+        try:
+            stats = asyncio.run(_run_engine(engine, wait, install_signal_handlers, on_start))
+        except asyncio.CancelledError:
+            # A second SIGINT or SIGTERM cancelled the run; the next send takes back its claims.
+            raise KeyboardInterrupt from None
         summary = summarise(store, campaign.name)
         unfinished = any(summary.counts.get(s) for s in ("queued", "deferred", "sending"))
         if not unfinished and summary.status == "active":
@@ -129,6 +134,7 @@ def _install_signal_handlers(engine: Engine) -> None:
             logger.warning(
                 "%s: finishing in-flight messages; press Ctrl-C again to stop now", signal_name
             )
+            engine.stats.interrupted = True
             engine.request_stop(f"{signal_name} received")
             return
         logger.warning(
@@ -145,8 +151,9 @@ def require_campaign(store: SQLiteStore, name: str) -> CampaignRow:
     """Return the campaign's row, or raise an error naming the campaign and the store."""
     row = store.get_campaign(name)
     if row is None:
+        names = ", ".join(c.name for c in store.list_campaigns()) or "none"
         raise MailblastError(
-            f"campaign {name!r} not found in store {store.path}; check the name and --store"
+            f"campaign {name!r} not found in store {store.path}; campaigns there: {names}"
         )
     return row
 
@@ -193,11 +200,13 @@ def first_recipients(campaign: Campaign, limit: int) -> Iterator[Recipient]:
 def preview(campaign: Campaign, row_number: int = 1) -> bytes:
     """Return the exact bytes the ``row_number``-th accepted recipient would get."""
     composer = Composer(campaign, compile_templates(campaign))
-    recipient = None
-    for found in first_recipients(campaign, row_number):
-        recipient = found
-    if recipient is None:
-        raise MailblastError(f"the list {campaign.recipients.path} has no acceptable row")
+    found = list(first_recipients(campaign, row_number))
+    if len(found) < row_number:
+        raise MailblastError(
+            f"--row {row_number} is out of range: the list {campaign.recipients.path} has"
+            f" {len(found)} acceptable rows"
+        )
+    recipient = found[-1]
     return composer.compose(
         recipient.key, recipient.address, recipient.fields, recipient.smtputf8, token="preview"
     ).data
@@ -229,7 +238,7 @@ async def _send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[str
                     composed.envelope_sender, test_to, composed.data, False, _nothing
                 )
                 ok = reply.scope is Scope.SUCCESS
-                row = f"row {recipient.line} ({recipient.address})"
+                row = f"line {recipient.line} ({recipient.address})"
                 results.append(f"{row} via {relay.name}: {reply.describe()}")
                 if not ok and not connection.is_open:
                     break
@@ -255,6 +264,12 @@ def counts_json(summary: Summary) -> str:
 
 @contextlib.contextmanager
 def opened(location: str) -> Iterator[SQLiteStore]:
+    """Open an existing store for a command that takes a campaign name."""
+    if "://" not in location and not Path(location).is_file():
+        raise MailblastError(
+            f"store {location} not found; give the campaign's store file with --store"
+            " (the 'store' key of its campaign file, mailblast.db by default)"
+        )
     store = open_store(location)
     try:
         yield store

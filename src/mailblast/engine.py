@@ -72,6 +72,7 @@ class RunStats:
     in_flight: int = 0
     next_due: float | None = None
     stop_reason: str | None = None
+    interrupted: bool = False  # stopped by SIGINT or SIGTERM before the work was done
 
 
 class Engine:
@@ -308,7 +309,21 @@ class Engine:
                 await self._pause_self("no relay is usable: " + self._disabled_reasons())
                 self.pending.appendleft(job)
                 return None
+            if not self.pool.any_usable(job.excluded):
+                self._defer_unroutable(job)
+                return None
             await self.pool.wait_for_capacity(0.05)
+
+    def _defer_unroutable(self, job: Job) -> None:
+        """Record a message as deferred while every relay is out of the pool after failures.
+
+        Holding it in memory would keep a --no-wait run alive and hide the wait from status.
+        """
+        reasons = "; ".join(
+            f"{relay.name}: {relay.last_failure}" for relay in self.pool.relays if relay.failures
+        )
+        text = f"no relay is usable now ({reasons or 'all out of the pool'})"
+        self._finish(job, None, Reply(Command.CONNECT, None, None, text, Scope.CONNECTION), 0.0)
 
     def _disabled_reasons(self) -> str:
         return "; ".join(f"{r.name}: {r.disabled_reason}" for r in self.pool.relays)
@@ -389,7 +404,7 @@ class Engine:
         self, relay: RelayState[Job], connection: RelayConnection | None, job: Job
     ) -> RelayConnection | None:
         """Send one job over the slot's session (opening one if needed); return the session."""
-        if self.stopping.is_set() or not relay.usable(self.clock()):
+        if self.stopping.is_set() or not relay.usable(self.pool.clock()):
             self._redispatch(job)
             return connection
         connection = await self._usable_session(relay, connection)
@@ -427,12 +442,20 @@ class Engine:
         if reply.scope is Scope.RELAY:
             relay.disable(reply.describe())
         else:
-            relay.record_failure(reply.describe(), self.clock())
+            relay.record_failure(reply.describe(), self.pool.clock())
         self._log_only(job, relay, reply, duration)
         self._requeue_elsewhere(job, relay, reply)
 
     def _requeue_elsewhere(self, job: Job, relay: RelayState[Job], reply: Reply) -> None:
-        if job.redispatches < MAX_REDISPATCH:
+        """Retry at once while a relay is usable; otherwise record the message as deferred.
+
+        When every relay is taken out, the dispatcher pauses the campaign and gives the
+        message back unattempted, so it goes there too.
+        """
+        if self.pool.all_disabled():
+            self._redispatch(job)
+            return
+        if job.redispatches < MAX_REDISPATCH and self.pool.any_usable(job.excluded):
             self._redispatch(job)
             return
         self._finish(job, relay, reply, 0.0, state="deferred")
@@ -476,7 +499,7 @@ class Engine:
     ) -> None:
         relay.attempts += 1
         if reply.code in THROTTLE_CODES:
-            relay.throttle(reply.describe(), time.monotonic())
+            relay.throttle(reply.describe(), self.pool.clock())
         if reply.scope in (Scope.CONNECTION, Scope.RELAY):
             self._session_failed(relay, job, reply, duration)
             return
@@ -497,7 +520,7 @@ class Engine:
     def _finish(
         self,
         job: Job,
-        relay: RelayState[Job],
+        relay: RelayState[Job] | None,
         reply: Reply,
         duration: float,
         message_id: str | None = None,
@@ -518,7 +541,7 @@ class Engine:
         self._claimed.pop(message.id, None)
         self.stats.outcomes[state] += 1
         self._spend_error_budget(state)
-        if state == "sent":
+        if state == "sent" and relay is not None:
             self.stats.per_relay[relay.name] += 1
 
     def _spend_error_budget(self, state: str) -> None:
@@ -548,7 +571,7 @@ class Engine:
     def _record(
         self,
         job: Job,
-        relay: RelayState[Job],
+        relay: RelayState[Job] | None,
         reply: Reply,
         duration: float,
         kind: str,
@@ -562,7 +585,7 @@ class Engine:
             message_id=message_id
             or message_id_for(self.campaign.name, job.message.key, self.campaign.from_domain),
             recipient=job.message.address,
-            relay=relay.name,
+            relay=relay.name if relay is not None else None,
             attempt=attempt,
             command=str(reply.command),
             code=reply.code,
@@ -580,8 +603,7 @@ class Engine:
             "the address has a non-ASCII local part and no relay offers SMTPUTF8",
             Scope.MESSAGE,
         )
-        relay = self.pool.relays[0]
-        self._finish(job, relay, reply, 0.0)
+        self._finish(job, None, reply, 0.0)
 
     # Control
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -49,6 +50,8 @@ def configure_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Let `mailblast log export NAME | head` end quietly, as other Unix tools do.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     arguments = parser.parse_args(argv)
     configure_logging(arguments.verbose)
@@ -56,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = arguments.handler(arguments)
         return result
     except (ConfigError, TemplateError) as error:
-        print(f"error: {len(error.problems)} problem(s) found:", file=sys.stderr)
+        count = len(error.problems)
+        print(f"error: {count} problem{'s' if count != 1 else ''} found:", file=sys.stderr)
         for problem in error.problems:
             print(f"  {problem}", file=sys.stderr)
         if arguments.verbose:

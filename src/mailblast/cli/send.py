@@ -10,8 +10,10 @@ from typing import Any
 from mailblast import blast
 from mailblast.cli.progress import ProgressDisplay, print_load, print_summary
 from mailblast.config import load_campaign
-from mailblast.errors import MailblastError, TemplateError
+from mailblast.errors import ConfigError, MailblastError, TemplateError
 from mailblast.recipients import Rejected, read_recipients
+
+EXIT_INTERRUPTED = 130  # the shell's convention for a run ended by SIGINT
 
 
 def register(commands: Any) -> None:
@@ -44,7 +46,7 @@ def register(commands: Any) -> None:
     send.add_argument(
         "--limit",
         type=int,
-        default=3,
+        default=None,
         metavar="N",
         help="with --test-to: how many rows to send as proofs (default 3)",
     )
@@ -70,6 +72,11 @@ def run_check(arguments: argparse.Namespace) -> int:
         blast.compile_templates(campaign)
     except TemplateError as error:
         problems.extend(error.problems)
+    for relay in campaign.relays:
+        try:
+            relay.password()
+        except ConfigError as error:
+            problems.extend(error.problems)
     accepted = rejected = 0
     for item in read_recipients(campaign.recipients):
         if isinstance(item, Rejected):
@@ -91,11 +98,17 @@ def run_check(arguments: argparse.Namespace) -> int:
 
 
 def run_send(arguments: argparse.Namespace) -> int:
+    if arguments.limit is not None and not arguments.test_to:
+        raise MailblastError(
+            "--limit applies only to proofs sent with --test-to ADDRESS; a campaign send has"
+            " no limit (use 'mailblast pause' to stop one)"
+        )
     campaign = load_campaign(arguments.campaign)
     if arguments.test_to:
-        if arguments.limit < 1:
-            raise MailblastError(f"--limit {arguments.limit} must be at least 1")
-        for line in blast.send_proofs(campaign, arguments.test_to, arguments.limit):
+        limit = 3 if arguments.limit is None else arguments.limit
+        if limit < 1:
+            raise MailblastError(f"--limit {limit} must be at least 1")
+        for line in blast.send_proofs(campaign, arguments.test_to, limit):
             print(line)
         return 0
     display = ProgressDisplay(campaign.name)
@@ -109,7 +122,7 @@ def run_send(arguments: argparse.Namespace) -> int:
     if report is not None:
         print_load(report)
     print_summary(summary, stats)
-    return 0
+    return EXIT_INTERRUPTED if stats.interrupted else 0
 
 
 def run_preview(arguments: argparse.Namespace) -> int:

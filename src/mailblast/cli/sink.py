@@ -21,7 +21,7 @@ def register(commands: Any) -> None:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
     sink.add_argument(
-        "--port", type=int, required=True, help="TCP port to listen on; 0 picks a free one"
+        "--port", type=tcp_port, required=True, help="TCP port to listen on; 0 picks a free one"
     )
     sink.add_argument(
         "--maildir", metavar="DIR", help="store each accepted message in this Maildir"
@@ -44,6 +44,17 @@ def register(commands: Any) -> None:
         help="seconds between counting lines",
     )
     sink.set_defaults(handler=run_sink)
+
+
+def tcp_port(text: str) -> int:
+    """Parse a TCP port for argparse, 0 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: use a number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {port}: use 0 to 65535")
+    return port
 
 
 def run_sink(arguments: argparse.Namespace) -> int:

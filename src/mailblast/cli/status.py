@@ -113,5 +113,6 @@ def run_retry(arguments: argparse.Namespace) -> int:
         if count and row.status == "done":
             store.set_status(row.id, "active", None, time.time())
     print(f"campaign {arguments.name}: {count} unknown messages queued again")
-    print("run 'mailblast send CAMPAIGN.toml' to send them")
+    if count:
+        print("run 'mailblast send CAMPAIGN.toml' to send them")
     return 0

@@ -90,11 +90,10 @@ class Reply:
         return _STATE_BY_SCOPE[self.scope]
 
     def describe(self) -> str:
-        parts = [str(self.code)] if self.code is not None else []
-        if self.status:
-            parts.append(self.status)
-        parts.append(self.text)
-        return " ".join(parts)
+        """Return the reply as a relay would write it: code, then text (with its status)."""
+        if self.code is None:
+            return self.text
+        return f"{self.code} {self.text}"
 
 
 def enhanced_status(text: str) -> str | None:

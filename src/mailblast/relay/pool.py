@@ -67,6 +67,7 @@ class RelayState(Generic[JobT]):
         self.current_weight = 0
         self.sessions_open = 0
         self.failures = 0
+        self.last_failure = ""
         self.down_until = 0.0
         self.saturated_until = 0.0
         self.disabled_reason: str | None = None
@@ -90,6 +91,7 @@ class RelayState(Generic[JobT]):
     def record_failure(self, reason: str, now: float) -> None:
         """Count a connection-scope failure; open the circuit after several in a row."""
         self.failures += 1
+        self.last_failure = reason
         if self.failures < FAILURES_TO_OPEN:
             return
         backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (self.failures - FAILURES_TO_OPEN))
@@ -198,6 +200,11 @@ class RelayPool(Generic[JobT]):
 
     def notify(self) -> None:
         self.capacity.set()
+
+    def any_usable(self, excluded: frozenset[str] = frozenset()) -> bool:
+        """True when some relay not in ``excluded`` could take a message now (full or not)."""
+        now = self.clock()
+        return any(r.usable(now) and r.name not in excluded for r in self.relays)
 
     def all_disabled(self) -> bool:
         return all(relay.disabled_reason is not None for relay in self.relays)
