@@ -48,6 +48,7 @@ def test_weighted_blast_delivers_each_once(
     message_ids = Counter(message.message_id for message in received)
     assert len(message_ids) == count
     shares = [sink.stats.messages / count for sink in sinks]
+    print("relay shares:", shares)
     for share, weight in zip(shares, weights, strict=True):
         assert abs(share - weight / sum(weights)) <= 0.05, shares
     for message in received:

@@ -503,6 +503,28 @@ def _read_relay(
     tls = _get(table, "tls", str, problems, f"{prefix}.tls", default=defaults.tls)
     if tls not in TLS_MODES:
         problems.add(f"{prefix}.tls", f"{tls!r} is not one of {', '.join(TLS_MODES)}")
+    ca_file = _get(table, "ca_file", str, problems, f"{prefix}.ca_file")
+    if ca_file:
+        ca_file = _resolve(base_dir, ca_file)
+        if not Path(ca_file).is_file():
+            problems.add(f"{prefix}.ca_file", f"CA file {ca_file} not found")
+
+    return RelaySettings(
+        name=name or "",
+        host=host or "",
+        port=port,
+        tls=tls,
+        ca_file=ca_file,
+        ehlo_name=_get(table, "ehlo_name", str, problems, f"{prefix}.ehlo_name"),
+        **_relay_auth(table, prefix, tls, base_dir, problems),
+        **_relay_limits(table, prefix, defaults, problems),
+    )
+
+
+def _relay_auth(
+    table: dict[str, Any], prefix: str, tls: str, base_dir: Path, problems: _Problems
+) -> dict[str, Any]:
+    """Read the AUTH keys; a password is only ever a reference to a variable or a file."""
     if "password" in table:
         problems.add(
             f"{prefix}.password",
@@ -515,6 +537,7 @@ def _read_relay(
     username = _get(table, "username", str, problems, f"{prefix}.username")
     if (password_env or password_file) and not username:
         problems.add(f"{prefix}.username", "missing; a password needs a username")
+
     plaintext_auth = _get(
         table,
         "allow_plaintext_auth",
@@ -529,43 +552,32 @@ def _read_relay(
             "'none' would send the AUTH password in clear; use 'starttls' or 'implicit'"
             " (allow_plaintext_auth = true is meant for loopback tests only)",
         )
-    ca_file = _get(table, "ca_file", str, problems, f"{prefix}.ca_file")
-    if ca_file:
-        ca_file = _resolve(base_dir, ca_file)
-        if not Path(ca_file).is_file():
-            problems.add(f"{prefix}.ca_file", f"CA file {ca_file} not found")
-    positive_ints = {}
+    return {
+        "username": username,
+        "password_env": password_env,
+        "password_file": _resolve(base_dir, password_file) if password_file else None,
+        "allow_plaintext_auth": plaintext_auth,
+    }
+
+
+def _relay_limits(
+    table: dict[str, Any], prefix: str, defaults: RelaySettings, problems: _Problems
+) -> dict[str, Any]:
+    """Read weight, connection and message limits, rate and timeouts."""
+    limits: dict[str, Any] = {}
     for key in ("weight", "max_connections", "max_messages_per_connection"):
         value = _get(table, key, int, problems, f"{prefix}.{key}", default=getattr(defaults, key))
         if value < 1:
             problems.add(f"{prefix}.{key}", f"{value} must be at least 1")
-        positive_ints[key] = value
-    rate = None
+        limits[key] = value
+
+    limits["rate"] = None
     if "rate" in table:
         try:
-            rate = parse_rate(table["rate"])
+            limits["rate"] = parse_rate(table["rate"])
         except ValueError as error:
             problems.add(f"{prefix}.rate", str(error))
-    timeouts = {
-        key: _duration(table, key, getattr(defaults, key), problems, f"{prefix}.{key}")
-        for key in ("connect_timeout", "command_timeout", "data_timeout")
-    }
-    return RelaySettings(
-        name=name or "",
-        host=host or "",
-        port=port,
-        tls=tls,
-        username=username,
-        password_env=password_env,
-        password_file=_resolve(base_dir, password_file) if password_file else None,
-        ca_file=ca_file,
-        allow_plaintext_auth=plaintext_auth,
-        ehlo_name=_get(table, "ehlo_name", str, problems, f"{prefix}.ehlo_name"),
-        rate=rate,
-        weight=positive_ints["weight"],
-        max_connections=positive_ints["max_connections"],
-        max_messages_per_connection=positive_ints["max_messages_per_connection"],
-        connect_timeout=timeouts["connect_timeout"],
-        command_timeout=timeouts["command_timeout"],
-        data_timeout=timeouts["data_timeout"],
-    )
+
+    for key in ("connect_timeout", "command_timeout", "data_timeout"):
+        limits[key] = _duration(table, key, getattr(defaults, key), problems, f"{prefix}.{key}")
+    return limits
