@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -337,10 +338,18 @@ def status(store: str) -> dict[str, object]:
     return dict(json.loads(result.stdout))
 
 
-def start_sender(campaign: Path, log: Path) -> subprocess.Popen[bytes]:
+@contextlib.contextmanager
+def running_sender(campaign: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `mailblast send` in a child process; kill it if the test leaves it running."""
     command = [sys.executable, "-m", "mailblast.cli.main", "send", str(campaign)]
     with open(log, "wb") as handle:
-        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+        sender = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        yield sender
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -362,8 +371,7 @@ def test_pause_resume_cancel_from_other_process(
     sink = start_sink()
     campaign = slow_campaign(tmp_path, sink)
     store = str(tmp_path / "mailblast.db")
-    sender = start_sender(campaign, tmp_path / "send.log")
-    try:
+    with running_sender(campaign, tmp_path / "send.log") as sender:
         wait_for(lambda: sink.stats.messages > 100)
         assert run_cli("pause", "spring-gala", "--store", store).returncode == 0
         time.sleep(2.5)
@@ -379,10 +387,6 @@ def test_pause_resume_cancel_from_other_process(
 
         assert run_cli("cancel", "spring-gala", "--store", store, "--yes").returncode == 0
         assert sender.wait(timeout=30) == 0
-    finally:
-        if sender.poll() is None:
-            sender.kill()
-            sender.wait()
     final = status(store)
     counts = final["counts"]
     assert isinstance(counts, dict)
@@ -399,15 +403,10 @@ def test_signal_stops_gracefully(
     sink = start_sink()
     campaign = slow_campaign(tmp_path, sink)
     store = str(tmp_path / "mailblast.db")
-    sender = start_sender(campaign, tmp_path / "send.log")
-    try:
+    with running_sender(campaign, tmp_path / "send.log") as sender:
         wait_for(lambda: sink.stats.messages > 100)
         os.kill(sender.pid, signal_number)
         assert sender.wait(timeout=30) == 130
-    finally:
-        if sender.poll() is None:
-            sender.kill()
-            sender.wait()
     final = status(store)
     counts = final["counts"]
     assert isinstance(counts, dict)
@@ -424,17 +423,12 @@ def test_second_sigint_stops_at_once_safely(
     sink = start_sink(keep_messages=True)
     campaign = slow_campaign(tmp_path, sink, count=3000)
     store = str(tmp_path / "mailblast.db")
-    sender = start_sender(campaign, tmp_path / "send.log")
-    try:
+    with running_sender(campaign, tmp_path / "send.log") as sender:
         wait_for(lambda: sink.stats.messages > 100)
         os.kill(sender.pid, signal.SIGINT)
         time.sleep(0.05)
         os.kill(sender.pid, signal.SIGINT)
         sender.wait(timeout=30)
-    finally:
-        if sender.poll() is None:
-            sender.kill()
-            sender.wait()
 
     result = run_cli("send", str(campaign))
     assert result.returncode == 0, result.stderr
