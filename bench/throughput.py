@@ -175,6 +175,8 @@ class RunFigures:
     end_to_end_rate: float
     max_rss_mb: float
     cpu_us_per_message: float
+    cpu_user_seconds: float
+    cpu_system_seconds: float
     smtp_source_seconds: float
     smtp_source_rate: float
     smtplib_messages: int
@@ -425,6 +427,8 @@ def run_mailblast(campaign_file: Path, directory: Path) -> dict[str, float | int
     return {
         "wall_seconds": wall,
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "cpu_user_seconds": usage.ru_utime,
+        "cpu_system_seconds": usage.ru_stime,
         "max_rss_mb": usage.ru_maxrss / 1024,  # kilobytes on Linux
         "load_seconds": _load_seconds(directory / "send.out"),
     }
@@ -536,6 +540,8 @@ def measure_run(
         end_to_end_rate=sent / wall,
         max_rss_mb=float(send["max_rss_mb"] or 0),
         cpu_us_per_message=float(send["cpu_seconds"] or 0) / sent * 1e6,
+        cpu_user_seconds=float(send["cpu_user_seconds"] or 0),
+        cpu_system_seconds=float(send["cpu_system_seconds"] or 0),
         smtp_source_seconds=source_seconds,
         smtp_source_rate=sent / source_seconds,
         smtplib_messages=smtplib_sent,
@@ -583,6 +589,7 @@ TABLE_ROWS = (
     ("end-to-end throughput (msg/s)", "end_to_end_rate", "{:,.0f}"),
     ("peak RSS (MB)", "max_rss_mb", "{:.0f}"),
     ("CPU user+sys per message (µs)", "cpu_us_per_message", "{:,.0f}"),
+    ("CPU system time of the send (s)", "cpu_system_seconds", "{:.1f}"),
     ("smtp-source (msg/s)", "smtp_source_rate", "{:,.0f}"),
     ("smtplib, 1 connection (msg/s)", "smtplib_rate", "{:,.0f}"),
     ("send / smtp-source", "ratio_to_smtp_source", "{:.3f}"),
