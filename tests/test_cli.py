@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -250,3 +251,36 @@ def test_sink_port_validated(capsys: pytest.CaptureFixture[str]) -> None:
         main(["sink", "--port", "99999"])
     assert exited.value.code == 2
     assert "invalid port 99999" in capsys.readouterr().err
+
+
+def test_sink_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run(capsys, "sink", "--port", str(port))
+    assert code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+
+
+def test_proof_refused_exits_nonzero(
+    capsys: pytest.CaptureFixture[str], campaign_file: Path
+) -> None:
+    code, out, err = run(
+        capsys, "send", str(campaign_file), "--test-to", "bounce-proof@example.org", "--limit", "2"
+    )
+    assert code == 2
+    assert out.count("550 5.1.1") == 2
+    assert "2 of 2 proofs were not accepted" in err
+
+
+def test_log_export_to_closed_pipe(campaign_file: Path, tmp_path: Path) -> None:
+    assert main(["send", str(campaign_file)]) == 0
+    export = [sys.executable, "-m", "mailblast.cli.main", "log", "export", "spring-gala"]
+    export += ["--store", str(tmp_path / "mailblast.db")]
+    process = subprocess.Popen(export, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    process.stdout.readline()
+    process.stdout.close()
+    _, err = process.communicate(timeout=30)
+    assert b"Traceback" not in err

@@ -367,6 +367,20 @@ def test_maildir_stores_each_message_once(tmp_path: Path) -> None:
     assert b"Delivered-To: a@example.net\r\nDelivered-To: b@example.net\r\n" in stored[1]
 
 
+def test_maildir_in_existing_empty_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "existing"
+    folder.mkdir()
+
+    async def scenario(sink: Sink) -> None:
+        async with client(sink) as smtp:
+            await smtp.sendmail(SENDER, ["a@example.net"], MESSAGE)
+
+    _, stats = run(scenario, maildir=str(folder))
+
+    assert stats.messages == 1
+    assert len(list((folder / "new").iterdir())) == 1
+
+
 def test_concurrent_connections_counted() -> None:
     async def scenario(sink: Sink) -> SinkStats:
         clients = [client(sink) for _ in range(3)]

@@ -212,12 +212,13 @@ def preview(campaign: Campaign, row_number: int = 1) -> bytes:
     ).data
 
 
-def send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[str]:
+def send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[tuple[str, bool]]:
     """Send the first rows' messages to a proof address, outside the campaign's records."""
     return asyncio.run(_send_proofs(campaign, test_to, limit))
 
 
-async def _send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[str]:
+async def _send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[tuple[str, bool]]:
+    """Send proofs over the first relay that accepts a session; return (line, accepted) pairs."""
     composer = Composer(campaign, compile_templates(campaign))
     results = []
     for relay in campaign.relays:
@@ -239,7 +240,7 @@ async def _send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[str
                 )
                 ok = reply.scope is Scope.SUCCESS
                 row = f"line {recipient.line} ({recipient.address})"
-                results.append(f"{row} via {relay.name}: {reply.describe()}")
+                results.append((f"{row} via {relay.name}: {reply.describe()}", ok))
                 if not ok and not connection.is_open:
                     break
         finally:

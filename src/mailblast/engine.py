@@ -225,7 +225,9 @@ class Engine:
             await asyncio.wait(stuck)
         unsent = [job.message.id for job in self._claimed.values()]
         try:
-            if self.failure is None:
+            # After a store failure nothing more can be written: the claims stay, and the
+            # next run takes them back. After any other failure the state is saved as usual.
+            if not isinstance(self.failure, StoreError):
                 await self.recorder.stop(recorder_task)
                 if unsent:
                     await self._db(self.store.release, self.row.id, self.run_id, unsent)

@@ -20,6 +20,7 @@ import email.policy
 import hmac
 import logging
 import mailbox
+import os
 import re
 import signal
 import ssl
@@ -272,7 +273,7 @@ class _SinkHandler:
     ) -> None:
         self.stats = SinkStats()
         self.keep_messages = keep_messages
-        self.maildir = None if maildir is None else mailbox.Maildir(maildir, create=True)
+        self.maildir = None if maildir is None else _open_maildir(maildir)
         self.script = parse_script(script or ())
         self.drop_after = _positive_or_none("drop_after", drop_after)
         self.tempfail_every = _positive_or_none("tempfail_every", tempfail_every)
@@ -702,6 +703,13 @@ async def _print_counts(
             print(line, file=out)
             out.flush()
             last_line = line
+
+
+def _open_maildir(path: str) -> mailbox.Maildir:
+    """Open a Maildir, creating tmp, new and cur also inside an existing empty folder."""
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+    return mailbox.Maildir(path, create=False)
 
 
 def _host_port(host: str, port: int) -> str:

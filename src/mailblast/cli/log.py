@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,8 @@ from mailblast.cli.status import add_store_option
 from mailblast.deliverylog import write_csv, write_jsonl
 from mailblast.errors import MailblastError
 from mailblast.store.base import LOG_COLUMNS
+
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
 
 
 def register(commands: Any) -> None:
@@ -50,6 +53,16 @@ def _output(path: str | None) -> Iterator[TextIO]:
 
 
 def run_export(arguments: argparse.Namespace) -> int:
+    try:
+        return _export(arguments)
+    except BrokenPipeError:
+        # The reader (such as `head`) closed the pipe: stop quietly, as other Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _export(arguments: argparse.Namespace) -> int:
     with blast.opened(arguments.store) as store:
         row = blast.require_campaign(store, arguments.name)
         with _output(arguments.output) as handle:

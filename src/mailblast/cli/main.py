@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -50,8 +49,6 @@ def configure_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Let `mailblast log export NAME | head` end quietly, as other Unix tools do.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     arguments = parser.parse_args(argv)
     configure_logging(arguments.verbose)

@@ -143,7 +143,8 @@ def _states_table(summary: Summary) -> Table:
 
 def _relays_table(summary: Summary) -> Table:
     table = Table(title="relays", show_edge=False)
-    for column in ("relay", "sent", "deferred", "bounced", "failed", "msg/s"):
+    # "deferrals" counts attempts that were deferred, so one message may count several times.
+    for column in ("relay", "sent", "deferrals", "bounced", "failed", "msg/s"):
         table.add_column(column, justify="left" if column == "relay" else "right")
     for name, totals in sorted(summary.relays.items()):
         counts = (str(totals.get(kind, 0)) for kind in ("sent", "deferred", "bounced", "failed"))

@@ -108,8 +108,12 @@ def run_send(arguments: argparse.Namespace) -> int:
         limit = 3 if arguments.limit is None else arguments.limit
         if limit < 1:
             raise MailblastError(f"--limit {limit} must be at least 1")
-        for line in blast.send_proofs(campaign, arguments.test_to, limit):
+        results = blast.send_proofs(campaign, arguments.test_to, limit)
+        for line, _ in results:
             print(line)
+        refused = sum(1 for _, accepted in results if not accepted)
+        if refused:
+            raise MailblastError(f"{refused} of {len(results)} proofs were not accepted")
         return 0
     display = ProgressDisplay(campaign.name)
     summary, stats, report = blast.send(

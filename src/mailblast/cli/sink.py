@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from mailblast.errors import MailblastError
 from mailblast.sink import SINK_RULES_HELP, main_sink
 
 
@@ -58,6 +59,17 @@ def tcp_port(text: str) -> int:
 
 
 def run_sink(arguments: argparse.Namespace) -> int:
+    try:
+        _serve(arguments)
+    except OSError as error:
+        raise MailblastError(
+            f"cannot listen on {arguments.host}:{arguments.port}: {error.strerror or error};"
+            " choose another --port (0 picks a free one)"
+        ) from error
+    return 0
+
+
+def _serve(arguments: argparse.Namespace) -> None:
     main_sink(
         arguments.host,
         arguments.port,
@@ -67,4 +79,3 @@ def run_sink(arguments: argparse.Namespace) -> int:
         pipelining=not arguments.no_pipelining,
         smtputf8=not arguments.no_smtputf8,
     )
-    return 0

@@ -102,25 +102,39 @@ class RelayConnection:
             local_hostname=self.ehlo_name,
             timeout=relay.command_timeout,
             use_tls=relay.tls == "implicit",
-            start_tls=relay.tls == "starttls",
+            start_tls=False,
             tls_context=tls_context(relay) if relay.tls != "none" else None,
         )
         self.client = client
         try:
             await client.connect(timeout=relay.connect_timeout)
-            if client.is_ehlo_or_helo_needed:
-                # Without STARTTLS aiosmtplib defers EHLO; the extensions are needed now.
-                await client.ehlo()
+            # Without STARTTLS aiosmtplib defers EHLO; the extensions are needed now.
+            await client.ehlo()
+            if relay.tls == "starttls":
+                await self._starttls(client)
         except aiosmtplib.SMTPResponseException as error:
             self.close()
             raise SessionError(classify(Command.CONNECT, error.code, error.message)) from error
         except _CONNECTION_ERRORS as error:
             self.close()
             raise SessionError(_connect_failure(relay, error)) from error
+        except aiosmtplib.SMTPException as error:
+            # Such as "STARTTLS extension not supported": the relay cannot be used as set up.
+            self.close()
+            text = f"relay {relay.name} cannot be used with tls = {relay.tls!r}: {error}"
+            raise SessionError(Reply(Command.STARTTLS, None, None, text, Scope.RELAY)) from error
         await self._authenticate(client)
         self.smtputf8 = client.supports_extension("smtputf8")
         self.pipelining = client.supports_extension("pipelining")
         logger.debug("relay %s: session open (SMTPUTF8=%s)", relay.name, self.smtputf8)
+
+    async def _starttls(self, client: aiosmtplib.SMTP) -> None:
+        """Upgrade to TLS, then EHLO again (RFC 3207 section 4.2)."""
+        # NOTE: when the TLS handshake fails (say, a certificate that does not verify),
+        # Python 3.11's asyncio can leave the plain socket for the garbage collector, which
+        # then warns with ResourceWarning. The session is closed; only the warning remains.
+        await client.starttls()
+        await client.ehlo()
 
     async def _authenticate(self, client: aiosmtplib.SMTP) -> None:
         relay = self.settings

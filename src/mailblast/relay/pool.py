@@ -112,7 +112,10 @@ class RelayState(Generic[JobT]):
         self.last_throttle = now
         self.allowed = max(1.0, self.allowed / 2)
         logger.info(
-            "relay %s: throttled to %d sessions after %s", self.name, int(self.allowed), reason
+            "relay %s: throttled to at most %d concurrent sessions after: %s",
+            self.name,
+            int(self.allowed),
+            reason,
         )
 
     def recover(self) -> None:
