@@ -111,9 +111,9 @@ def run_send(arguments: argparse.Namespace) -> int:
         results = blast.send_proofs(campaign, arguments.test_to, limit)
         for line, _ in results:
             print(line)
-        refused = sum(1 for _, accepted in results if not accepted)
-        if refused:
-            raise MailblastError(f"{refused} of {len(results)} proofs were not accepted")
+        rejected = sum(1 for _, accepted in results if not accepted)
+        if rejected:
+            raise MailblastError(f"{rejected} of {len(results)} proofs were not accepted")
         return 0
     display = ProgressDisplay(campaign.name)
     summary, stats, report = blast.send(

@@ -11,7 +11,7 @@
 | temporary  | 4xx, 552 at RCPT, 5.2.2 mailbox full      | deferred with backoff  |
 | unknown    | connection lost after the end of DATA     | unknown                |
 
-552 at RCPT is temporary because RFC 5321 section 4.5.3.1.10 tells clients to treat "too many
+552 at RCPT is temporary because RFC 5321 section 4.5.3.1.10 asks clients to treat "too many
 recipients" that way; 5.2.2 (mailbox full) is a soft bounce under RFC 3463.
 """
 
