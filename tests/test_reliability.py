@@ -444,3 +444,21 @@ def test_second_sigint_stops_at_once_safely(
     assert len(received) == 3000
     unknown = {str(r["recipient"]) for r in log_records(store) if r["type"] == "unknown"}
     assert [r for r, n in received.items() if n > 1 and r not in unknown] == []
+
+
+def test_paused_campaign_sends_nothing(
+    tmp_path: Path, start_sink: Callable[..., ThreadedSink]
+) -> None:
+    sink = start_sink()
+    write_list(tmp_path / "attendees.csv", person_rows(50))
+    campaign = load_campaign(write_campaign(tmp_path, [relay_block("only", sink.port)]))
+    store, row, _ = blast.prepare(campaign)
+    store.set_status(row.id, "paused", "paused by the operator", time.time())
+    store.close()
+
+    summary, stats, _ = blast.send(campaign, wait=False)
+
+    assert sink.stats.messages == 0
+    assert summary.status == "paused"
+    assert summary.counts["queued"] == 50
+    assert stats.stop_reason == "paused"

@@ -128,13 +128,16 @@ class Engine:
         self.wait_for_deferred = wait
         await self._start()
         recorder_task = asyncio.create_task(self._guard(self.recorder.run()), name="recorder")
-        control = [self._claimer(), self._dispatcher(), self._control()]
-        control_tasks = [asyncio.create_task(self._guard(worker)) for worker in control]
-        session_tasks = [
-            asyncio.create_task(self._guard(self._session(relay, slot)))
-            for relay in self.pool.relays
-            for slot in range(relay.settings.max_connections)
-        ]
+        control_tasks: list[asyncio.Task[None]] = []
+        session_tasks: list[asyncio.Task[None]] = []
+        if not self.stopping.is_set():  # a paused campaign under --no-wait starts nothing
+            control = [self._claimer(), self._dispatcher(), self._control()]
+            control_tasks = [asyncio.create_task(self._guard(worker)) for worker in control]
+            session_tasks = [
+                asyncio.create_task(self._guard(self._session(relay, slot)))
+                for relay in self.pool.relays
+                for slot in range(relay.settings.max_connections)
+            ]
         try:
             await self.stopping.wait()
         finally:
@@ -175,6 +178,16 @@ class Engine:
                 result.unknown,
             )
         await self._db(self.store.mark_started, self.row.id, now)
+        if self.row.status == "paused":
+            # Start paused, so that nothing goes out before the control task's first poll.
+            self.paused = True
+            logger.info(
+                "campaign %s: paused (%s); waiting for 'mailblast resume'",
+                self.campaign.name,
+                self.row.status_reason or "no reason given",
+            )
+            if not self.wait_for_deferred:
+                self.request_stop("paused")
 
     def _dead_owners(self) -> list[str]:
         """Runs on this host whose process is gone; their claims can be taken over at once."""
@@ -212,7 +225,9 @@ class Engine:
         for task in session_tasks:
             if task not in self._busy:
                 task.cancel()
-        _, stuck = await asyncio.wait(control_tasks + session_tasks, timeout=SHUTDOWN_SECONDS)
+        stuck: set[asyncio.Task[None]] = set()
+        if control_tasks or session_tasks:
+            _, stuck = await asyncio.wait(control_tasks + session_tasks, timeout=SHUTDOWN_SECONDS)
         if stuck:
             logger.error(
                 "campaign %s: %d sessions still sending after %.0fs; cancelling them",
