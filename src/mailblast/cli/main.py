@@ -12,8 +12,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from rich.logging import RichHandler
+
 from mailblast import __version__
 from mailblast.cli import demo, log, send, sink, status
+from mailblast.cli.progress import STDERR
 from mailblast.errors import ConfigError, MailblastError, TemplateError
 
 EXIT_OK = 0
@@ -38,11 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level = logging.DEBUG if verbose else logging.INFO
+    if sys.stderr.isatty():
+        # Through rich's console, log lines print above the live progress bar.
+        handler = RichHandler(console=STDERR, show_path=False, markup=False)
+        logging.basicConfig(level=level, format="%(name)s: %(message)s", handlers=[handler])
+    else:
+        logging.basicConfig(
+            level=level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
     if not verbose:
         logging.getLogger("mail.log").setLevel(logging.WARNING)
         logging.getLogger("asyncio").setLevel(logging.WARNING)

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("mailblast.engine")
 
+# One console for the progress bar and for log lines, so that logs print above the bar.
+STDERR = Console(stderr=True)
 REFRESH_INTERVAL = 0.5
 LOG_INTERVAL = 10.0
 DONE_STATES = FINAL_STATES | {"unknown"}
@@ -59,10 +61,9 @@ class ProgressDisplay:
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
                 TextColumn("{task.fields[detail]}"),
                 TimeElapsedColumn(),
-                console=Console(stderr=True),
+                console=STDERR,
             )
             self.progress.start()
             bar_task = self.progress.add_task(self.name, total=total, detail="")
