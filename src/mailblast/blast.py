@@ -253,12 +253,6 @@ async def _nothing() -> None:
     return None
 
 
-def campaign_settings(store: SQLiteStore, name: str) -> Campaign:
-    """Rebuild a campaign from the settings the store keeps."""
-    row = require_campaign(store, name)
-    return Campaign.from_dict(row.settings)
-
-
 def counts_json(summary: Summary) -> str:
     return json.dumps(summary.to_dict(), indent=2, default=str)
 

@@ -423,47 +423,59 @@ def _read_recipients(
     )
 
 
+def _positive_int(
+    table: dict[str, Any], key: str, default: int, problems: _Problems, path: str
+) -> int:
+    value: int = _get(table, key, int, problems, path, default=default)
+    if value < 1:
+        problems.add(path, f"{value} must be at least 1")
+    return value
+
+
 def _read_sending(data: dict[str, Any], problems: _Problems) -> SendingSettings:
     table = _get(data, "sending", dict, problems, "sending", default={})
     problems.unknown(table, _SENDING_KEYS, "sending.")
     defaults = SendingSettings()
-    batch = _get(
-        table, "batch_size", int, problems, "sending.batch_size", default=defaults.batch_size
-    )
-    if batch < 1:
-        problems.add("sending.batch_size", "must be at least 1")
+
+    counts = {
+        key: _positive_int(table, key, getattr(defaults, key), problems, f"sending.{key}")
+        for key in ("batch_size", "max_attempts", "error_window")
+    }
     factor = _get(
-        table, "retry_factor", (int, float), problems, "sending.retry_factor", default=2.0
+        table,
+        "retry_factor",
+        (int, float),
+        problems,
+        "sending.retry_factor",
+        default=defaults.retry_factor,
     )
     if factor < 1:
         problems.add("sending.retry_factor", "must be at least 1")
-    attempts = _get(
-        table, "max_attempts", int, problems, "sending.max_attempts", default=defaults.max_attempts
-    )
-    if attempts < 1:
-        problems.add("sending.max_attempts", "must be at least 1")
     budget = _get(
-        table, "error_budget", (int, float), problems, "sending.error_budget", default=0.2
+        table,
+        "error_budget",
+        (int, float),
+        problems,
+        "sending.error_budget",
+        default=defaults.error_budget,
     )
     if not 0 < budget <= 1:
         problems.add("sending.error_budget", f"{budget} must be a share above 0 and at most 1")
-    window = _get(
-        table, "error_window", int, problems, "sending.error_window", default=defaults.error_window
-    )
-    if window < 1:
-        problems.add("sending.error_window", "must be at least 1")
+
+    durations = {
+        key: _duration(table, key, getattr(defaults, key), problems, f"sending.{key}")
+        for key in ("lease", "retry_initial", "retry_max", "max_age")
+    }
     return SendingSettings(
-        batch_size=batch,
-        lease=_duration(table, "lease", defaults.lease, problems, "sending.lease"),
-        retry_initial=_duration(
-            table, "retry_initial", defaults.retry_initial, problems, "sending.retry_initial"
-        ),
-        retry_max=_duration(table, "retry_max", defaults.retry_max, problems, "sending.retry_max"),
+        batch_size=counts["batch_size"],
+        max_attempts=counts["max_attempts"],
+        error_window=counts["error_window"],
         retry_factor=float(factor),
-        max_age=_duration(table, "max_age", defaults.max_age, problems, "sending.max_age"),
-        max_attempts=attempts,
         error_budget=float(budget),
-        error_window=window,
+        lease=durations["lease"],
+        retry_initial=durations["retry_initial"],
+        retry_max=durations["retry_max"],
+        max_age=durations["max_age"],
     )
 
 
@@ -566,10 +578,8 @@ def _relay_limits(
     """Read weight, connection and message limits, rate and timeouts."""
     limits: dict[str, Any] = {}
     for key in ("weight", "max_connections", "max_messages_per_connection"):
-        value = _get(table, key, int, problems, f"{prefix}.{key}", default=getattr(defaults, key))
-        if value < 1:
-            problems.add(f"{prefix}.{key}", f"{value} must be at least 1")
-        limits[key] = value
+        default = getattr(defaults, key)
+        limits[key] = _positive_int(table, key, default, problems, f"{prefix}.{key}")
 
     limits["rate"] = None
     if "rate" in table:

@@ -36,7 +36,7 @@ from mailblast.relay.classify import Command, Reply, Scope
 from mailblast.relay.connection import RelayConnection, SessionError, default_ehlo_name
 from mailblast.relay.pool import RelayPool, RelayState
 from mailblast.retry import RetryPolicy
-from mailblast.store.base import FINAL_STATES, CampaignRow, ClaimedMessage, LogRecord, Outcome
+from mailblast.store.base import CampaignRow, ClaimedMessage, LogRecord, Outcome
 from mailblast.store.sqlite import SQLiteStore
 
 logger = logging.getLogger("mailblast.engine")
@@ -68,8 +68,6 @@ class RunStats:
 
     started: float = field(default_factory=time.monotonic)
     outcomes: Counter[str] = field(default_factory=Counter)
-    per_relay: Counter[str] = field(default_factory=Counter)
-    in_flight: int = 0
     next_due: float | None = None
     stop_reason: str | None = None
     interrupted: bool = False  # stopped by SIGINT or SIGTERM before the work was done
@@ -495,7 +493,6 @@ class Engine:
             self._finish(job, relay, reply, 0.0)
             return
         started = time.monotonic()
-        self.stats.in_flight += 1
         try:
             reply = await connection.send(
                 composed.envelope_sender,
@@ -507,8 +504,6 @@ class Engine:
         except StoreError as error:
             self.request_stop(f"the store failed: {error}")
             return
-        finally:
-            self.stats.in_flight -= 1
         self._handle_reply(relay, job, reply, time.monotonic() - started, composed.message_id)
 
     def _handle_reply(
@@ -558,8 +553,6 @@ class Engine:
         self._claimed.pop(message.id, None)
         self.stats.outcomes[state] += 1
         self._spend_error_budget(state)
-        if state == "sent" and relay is not None:
-            self.stats.per_relay[relay.name] += 1
 
     def _spend_error_budget(self, state: str) -> None:
         """Pause the campaign when bounces and failures pass their share of recent attempts."""
@@ -693,10 +686,3 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def remaining(counts: dict[str, int]) -> int:
-    """Messages that are not final yet."""
-    return sum(
-        count for state, count in counts.items() if state not in FINAL_STATES and state != "unknown"
-    )

@@ -10,12 +10,11 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 from mailblast import blast
+from mailblast.cli.exit_codes import EXIT_BROKEN_PIPE
 from mailblast.cli.status import add_store_option
 from mailblast.deliverylog import write_csv, write_jsonl
 from mailblast.errors import MailblastError
 from mailblast.store.base import LOG_COLUMNS
-
-EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
 
 
 def register(commands: Any) -> None:

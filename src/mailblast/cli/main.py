@@ -16,13 +16,9 @@ from rich.logging import RichHandler
 
 from mailblast import __version__
 from mailblast.cli import demo, log, send, sink, status
+from mailblast.cli.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED
 from mailblast.cli.progress import STDERR
 from mailblast.errors import ConfigError, MailblastError, TemplateError
-
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:

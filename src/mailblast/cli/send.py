@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from mailblast import blast
+from mailblast.cli.exit_codes import EXIT_INTERRUPTED
 from mailblast.cli.progress import ProgressDisplay, print_load, print_summary
 from mailblast.config import load_campaign
 from mailblast.errors import ConfigError, MailblastError, TemplateError
 from mailblast.recipients import Rejected, read_recipients
-
-EXIT_INTERRUPTED = 130  # the shell's convention for a run ended by SIGINT
 
 
 def register(commands: Any) -> None:

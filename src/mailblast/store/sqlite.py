@@ -228,10 +228,6 @@ class SQLiteStore:
         )
         return result
 
-    def add_log(self, campaign_id: int, records: Sequence[LogRecord]) -> None:
-        values = [_log_values(campaign_id, record) for record in records]
-        self._write("writing delivery records", self.db.executemany, _LOG_INSERT, values)
-
     def finish_load(self, campaign_id: int, now: float) -> None:
         self._write(
             "finishing the load",
