@@ -15,8 +15,8 @@ from mailblast import blast
 from mailblast.config import load_campaign
 from mailblast.sink import ThreadedSink
 
-# A failed TLS handshake can leave a socket to the garbage collector in Python 3.11's asyncio
-# (see relay/connection.py); its ResourceWarning may surface in any test of this module.
+# A failed TLS handshake can leave a socket to the garbage collector in Python 3.11's asyncio,
+# as noted in relay/connection.py. Its ResourceWarning may surface in any test of this module.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 

@@ -59,6 +59,7 @@ def load_list(
     rows: list[LoadRow] = []
     rejected: list[LogRecord] = []
     last_line = row.load_line
+
     for item in read_recipients(campaign.recipients):
         if item.line <= row.load_line:
             continue
@@ -73,10 +74,12 @@ def load_list(
             rows, rejected = [], []
             if progress:
                 progress(report)
+
     _commit(store, row, rows, rejected, last_line, report)
     store.finish_load(row.id, time.time())
     report.reject_file = _write_reject_file(store, campaign, row)
     report.seconds = time.monotonic() - started
+
     logger.info(
         "campaign %s: loaded %d rows: %d queued, %d rejected, %d duplicates, %d suppressed",
         campaign.name,

@@ -470,7 +470,7 @@ class Sink:
       of the recipient rules. A 2xx line accepts the message.
     - ``drop_after=N``: after N messages on one connection, close it without a reply at the next
       MAIL FROM.
-    - ``tempfail_every=N``: after N messages on one connection, answer the next MAIL FROM with
+    - ``tempfail_every=N``: after N messages on one connection, reply to the next MAIL FROM with
       ``421 4.7.0 Too many messages, closing`` and close the connection.
     - ``pipelining``: advertise PIPELINING in the EHLO reply. ``smtputf8``: accept SMTPUTF8.
     - ``tls_context``: offer STARTTLS, required before MAIL with ``require_starttls``, or wrap
