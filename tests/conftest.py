@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from mailblast.sink import ThreadedSink
+from mailblast.store import SQLStore, open_store
+
+# The test database: trust authentication on loopback, as .ci/run sets it up.
+POSTGRES_URL = os.environ.get(
+    "MAILBLAST_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 SUBJECT = "{{ first_name }}, you're invited to {{ event }}"
 TEXT = "Dear {{ first_name }} {{ last_name }},\nSee you at {{ event }} (row {{ row }}).\n"
@@ -34,6 +43,58 @@ def start_sink() -> Iterator[Callable[..., ThreadedSink]]:
     yield start
     for sink in started:
         sink.stop()
+
+
+@pytest.fixture
+def new_postgres_url() -> Iterator[Callable[[], str]]:
+    """Return a factory of store URLs, each on a fresh schema of the test database.
+
+    The schemas are dropped when the test ends.
+    """
+    try:
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as error:
+        pytest.fail(
+            f"PostgreSQL at {POSTGRES_URL} is unreachable: {error}; start it (.ci/run does when"
+            " pg_isready fails) or point MAILBLAST_TEST_POSTGRES at a database with trust auth"
+        )
+    schemas: list[str] = []
+    separator = "&" if "?" in POSTGRES_URL else "?"
+
+    def create() -> str:
+        schema = f"mailblast_test_{uuid.uuid4().hex[:12]}"
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        schemas.append(schema)
+        return f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+
+    try:
+        yield create
+    finally:
+        for schema in schemas:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.close()
+
+
+@pytest.fixture
+def postgres_url(new_postgres_url: Callable[[], str]) -> str:
+    """Return a store URL on a fresh schema of the test database."""
+    return new_postgres_url()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Return a new store's location for each backend: a SQLite file, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def store(store_location: str) -> Iterator[SQLStore]:
+    opened = open_store(store_location)
+    yield opened
+    opened.close()
 
 
 def relay_block(name: str, port: int, **keys: Any) -> str:

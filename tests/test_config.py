@@ -72,6 +72,44 @@ def test_full_relay_keys(tmp_path: Path) -> None:
     assert relay.password_env == "SMTP1_PASSWORD"
 
 
+def test_daily_quota_read(tmp_path: Path) -> None:
+    text = BASE.replace('tls = "none"', 'tls = "none"\ndaily_quota = 5000')
+    relay = load_campaign(write(tmp_path, text)).relays[0]
+    assert relay.daily_quota == 5000
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0", "0 must be at least 1 message per UTC day"), ('"many"', "daily_quota")],
+)
+def test_daily_quota_invalid(tmp_path: Path, value: str, expected: str) -> None:
+    text = BASE.replace('tls = "none"', f'tls = "none"\ndaily_quota = {value}')
+    found = problems(tmp_path, text)
+    assert len(found) == 1
+    assert "relay[0].daily_quota" in found[0]
+    assert expected in found[0]
+
+
+def test_store_url_with_password_variable(tmp_path: Path) -> None:
+    text = BASE.replace(
+        'text = "body.txt"',
+        'text = "body.txt"\nstore = "postgresql://blast@db.example.net/mail"\n'
+        'store_password_env = "MAILBLAST_DB_PASSWORD"',
+    )
+    campaign = load_campaign(write(tmp_path, text))
+    assert campaign.store == "postgresql://blast@db.example.net/mail"
+    assert campaign.store_password_env == "MAILBLAST_DB_PASSWORD"
+
+
+def test_store_password_env_needs_url(tmp_path: Path) -> None:
+    text = BASE.replace('text = "body.txt"', 'text = "body.txt"\nstore_password_env = "X"')
+    found = problems(tmp_path, text)
+    assert found == [
+        f"{tmp_path / 'campaign.toml'}: campaign.store_password_env: applies only to a"
+        " postgresql:// store; a SQLite store has no password"
+    ]
+
+
 def test_round_trip_through_dict(tmp_path: Path) -> None:
     campaign = load_campaign(write(tmp_path, BASE))
     assert Campaign.from_dict(campaign.to_dict()) == campaign

@@ -1,13 +1,17 @@
-"""The SQLite store: loading chunks, claims under lease, group commits, recovery, failures."""
+"""The stores on both backends: loading, claims under lease, group commits, recovery, failures.
+
+The ``store`` fixture (tests/conftest.py) runs each test on SQLite and on PostgreSQL.
+"""
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mailblast.errors import StoreError
+from mailblast.store import SQLStore, open_store
 from mailblast.store.base import LoadRow, LogRecord, Outcome
 from mailblast.store.sqlite import SQLiteStore
 
@@ -26,13 +30,13 @@ def rows(count: int, start: int = 0) -> list[LoadRow]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
+def sqlite_store(tmp_path: Path) -> Iterator[SQLiteStore]:
     opened = SQLiteStore(tmp_path / "store.db")
     yield opened
     opened.close()
 
 
-def make_campaign(store: SQLiteStore) -> int:
+def make_campaign(store: SQLStore) -> int:
     return store.upsert_campaign("spring", {"name": "spring"}, 100.0).id
 
 
@@ -41,11 +45,11 @@ def outcome(message: int, state: str, now: float = 200.0) -> Outcome:
     return Outcome(message, state, 1, now, now, record)
 
 
-def test_wal_mode_enabled(store: SQLiteStore) -> None:
-    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+def test_wal_mode_enabled(sqlite_store: SQLiteStore) -> None:
+    assert sqlite_store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_load_chunk_deduplicates_on_key(store: SQLiteStore) -> None:
+def test_load_chunk_deduplicates_on_key(store: SQLStore) -> None:
     campaign = make_campaign(store)
     first = store.load_chunk(campaign, rows(3), [], 4, 3)
     again = rows(1)
@@ -60,7 +64,7 @@ def test_load_chunk_deduplicates_on_key(store: SQLiteStore) -> None:
     assert (row.rows_duplicate, row.load_line, row.rows_read) == (1, 9, 4)
 
 
-def test_load_chunk_skips_suppressed(store: SQLiteStore) -> None:
+def test_load_chunk_skips_suppressed(store: SQLStore) -> None:
     campaign = make_campaign(store)
     store.add_suppression("user1@example.com", "user1@example.com", "manual", 0, 1.0)
     result = store.load_chunk(campaign, rows(3), [], 4, 3)
@@ -68,7 +72,7 @@ def test_load_chunk_skips_suppressed(store: SQLiteStore) -> None:
     assert [r.key for r in result.suppressed] == ["user1@example.com"]
 
 
-def test_claim_respects_limit_and_due(store: SQLiteStore) -> None:
+def test_claim_respects_limit_and_due(store: SQLStore) -> None:
     campaign = make_campaign(store)
     store.load_chunk(campaign, rows(5), [], 6, 5)
     claimed = store.claim(campaign, "run-a", now=10, lease_until=70, limit=3)
@@ -78,7 +82,7 @@ def test_claim_respects_limit_and_due(store: SQLiteStore) -> None:
     assert store.claim(campaign, "run-c", now=10, lease_until=70, limit=10) == []
 
 
-def test_commit_group_records_outcomes_and_log(store: SQLiteStore) -> None:
+def test_commit_group_records_outcomes_and_log(store: SQLStore) -> None:
     campaign = make_campaign(store)
     store.load_chunk(campaign, rows(2), [], 3, 2)
     claimed = store.claim(campaign, "run-a", 10, 70, 10)
@@ -89,7 +93,7 @@ def test_commit_group_records_outcomes_and_log(store: SQLiteStore) -> None:
     assert log[0]["campaign"] == "spring"
 
 
-def test_recover_in_flight_becomes_unknown(store: SQLiteStore) -> None:
+def test_recover_in_flight_becomes_unknown(store: SQLStore) -> None:
     campaign = make_campaign(store)
     store.load_chunk(campaign, rows(3), [], 4, 3)
     claimed = store.claim(campaign, "dead-run", 10, 1000, 10)
@@ -99,7 +103,7 @@ def test_recover_in_flight_becomes_unknown(store: SQLiteStore) -> None:
     assert store.counts(campaign) == {"unknown": 1, "queued": 2}
 
 
-def test_recover_expired_lease_only(store: SQLiteStore) -> None:
+def test_recover_expired_lease_only(store: SQLStore) -> None:
     campaign = make_campaign(store)
     store.load_chunk(campaign, rows(2), [], 3, 2)
     store.claim(campaign, "live-run", 10, 100, 1)
@@ -107,7 +111,7 @@ def test_recover_expired_lease_only(store: SQLiteStore) -> None:
     assert store.recover(campaign, [], 150).requeued == 1
 
 
-def test_renewed_lease_not_recovered(store: SQLiteStore) -> None:
+def test_renewed_lease_not_recovered(store: SQLStore) -> None:
     campaign = make_campaign(store)
     store.load_chunk(campaign, rows(2), [], 3, 2)
     store.claim(campaign, "live-run", 10, 100, 2)
@@ -116,7 +120,7 @@ def test_renewed_lease_not_recovered(store: SQLiteStore) -> None:
     assert store.recover(campaign, [], 450).requeued == 2
 
 
-def test_release_returns_unattempted(store: SQLiteStore) -> None:
+def test_release_returns_unattempted(store: SQLStore) -> None:
     campaign = make_campaign(store)
     store.load_chunk(campaign, rows(2), [], 3, 2)
     claimed = store.claim(campaign, "run-a", 10, 100, 10)
@@ -124,7 +128,7 @@ def test_release_returns_unattempted(store: SQLiteStore) -> None:
     assert store.counts(campaign) == {"queued": 2}
 
 
-def test_cancel_remaining_leaves_final(store: SQLiteStore) -> None:
+def test_cancel_remaining_leaves_final(store: SQLStore) -> None:
     campaign = make_campaign(store)
     store.load_chunk(campaign, rows(3), [], 4, 3)
     claimed = store.claim(campaign, "run-a", 10, 100, 1)
@@ -133,7 +137,8 @@ def test_cancel_remaining_leaves_final(store: SQLiteStore) -> None:
     assert store.counts(campaign) == {"sent": 1, "cancelled": 2}
 
 
-def test_full_disk_raises_store_error(store: SQLiteStore) -> None:
+def test_full_disk_raises_store_error(sqlite_store: SQLiteStore) -> None:
+    store = sqlite_store
     campaign = make_campaign(store)
     store.load_chunk(campaign, rows(2), [], 3, 2)
     claimed = store.claim(campaign, "run-a", 10, 100, 10)
@@ -158,11 +163,9 @@ def test_read_only_store_raises_store_error(tmp_path: Path) -> None:
         reader.close()
 
 
-def test_newer_schema_refused(tmp_path: Path) -> None:
-    SQLiteStore(tmp_path / "s.db").close()
-    db = sqlite3.connect(tmp_path / "s.db")
-    db.execute("UPDATE schema_version SET version = 99")
-    db.commit()
-    db.close()
+def test_newer_schema_refused(store_location: str) -> None:
+    with open_store(store_location) as store:
+        store.db.execute("UPDATE schema_version SET version = 99")
+        store.db.commit()
     with pytest.raises(StoreError, match="newer than this mailblast"):
-        SQLiteStore(tmp_path / "s.db")
+        open_store(store_location)

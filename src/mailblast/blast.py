@@ -27,7 +27,7 @@ from mailblast.relay.connection import RelayConnection, SessionError
 from mailblast.render import CompiledTemplates
 from mailblast.store import open_store
 from mailblast.store.base import MESSAGE_STATES, CampaignRow
-from mailblast.store.sqlite import SQLiteStore
+from mailblast.store.sql import SQLStore
 
 logger = logging.getLogger("mailblast.engine")
 
@@ -57,18 +57,18 @@ def compile_templates(campaign: Campaign) -> CompiledTemplates:
     return CompiledTemplates(campaign.templates, columns)
 
 
-def prepare(campaign: Campaign) -> tuple[SQLiteStore, CampaignRow, Composer]:
+def prepare(campaign: Campaign) -> tuple[SQLStore, CampaignRow, Composer]:
     """Check templates, open the store and save the campaign's settings in it."""
     templates = compile_templates(campaign)
     for relay in campaign.relays:
         relay.password()  # an unset variable or unreadable file stops here, before any load
-    store = open_store(campaign.store)
+    store = open_store(campaign.store, password_env=campaign.store_password_env)
     row = store.upsert_campaign(campaign.name, campaign.to_dict(), time.time())
     return store, row, Composer(campaign, templates)
 
 
 def load_if_needed(
-    store: SQLiteStore,
+    store: SQLStore,
     campaign: Campaign,
     row: CampaignRow,
     progress: Callable[[LoadReport], None] | None = None,
@@ -147,7 +147,7 @@ def _install_signal_handlers(engine: Engine) -> None:
         loop.add_signal_handler(number, handle, name)
 
 
-def require_campaign(store: SQLiteStore, name: str) -> CampaignRow:
+def require_campaign(store: SQLStore, name: str) -> CampaignRow:
     """Return the campaign's row, or raise an error naming the campaign and the store."""
     row = store.get_campaign(name)
     if row is None:
@@ -158,7 +158,7 @@ def require_campaign(store: SQLiteStore, name: str) -> CampaignRow:
     return row
 
 
-def summarise(store: SQLiteStore, name: str) -> Summary:
+def summarise(store: SQLStore, name: str) -> Summary:
     """Build the summary of a campaign from the store alone."""
     row = require_campaign(store, name)
     counts = store.counts(row.id)
@@ -258,7 +258,7 @@ def counts_json(summary: Summary) -> str:
 
 
 @contextlib.contextmanager
-def opened(location: str) -> Iterator[SQLiteStore]:
+def opened(location: str) -> Iterator[SQLStore]:
     """Open an existing store for a command that takes a campaign name."""
     if "://" not in location and not Path(location).is_file():
         raise MailblastError(

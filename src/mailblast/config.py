@@ -38,6 +38,7 @@ class RelaySettings:
     weight: int = 1
     max_connections: int = 10
     rate: float | None = None  # messages per second
+    daily_quota: int | None = None  # messages per UTC day, for all workers together
     max_messages_per_connection: int = 100
     connect_timeout: float = 30.0
     command_timeout: float = 300.0
@@ -122,6 +123,7 @@ class Campaign:
     sending: SendingSettings = field(default_factory=SendingSettings)
     store: str = "mailblast.db"
     base_dir: str = "."
+    store_password_env: str | None = None  # variable holding the PostgreSQL password
 
     def to_dict(self) -> dict[str, Any]:
         """Return the campaign as JSON-ready data (no secret values, only their references)."""
@@ -152,6 +154,7 @@ _CAMPAIGN_KEYS = {
     "html",
     "to_name",
     "store",
+    "store_password_env",
 }
 _RECIPIENT_KEYS = {
     "path",
@@ -320,6 +323,14 @@ def parse_campaign(data: dict[str, Any], base_dir: Path, source: str) -> Campaig
     store = _get(campaign_table, "store", str, problems, "campaign.store", default="mailblast.db")
     if store and "://" not in store:
         store = _resolve(base_dir, store)
+    store_password_env = _get(
+        campaign_table, "store_password_env", str, problems, "campaign.store_password_env"
+    )
+    if store_password_env and "://" not in store:
+        problems.add(
+            "campaign.store_password_env",
+            "applies only to a postgresql:// store; a SQLite store has no password",
+        )
 
     recipients = _read_recipients(data, base_dir, problems)
     sending = _read_sending(data, problems)
@@ -340,6 +351,7 @@ def parse_campaign(data: dict[str, Any], base_dir: Path, source: str) -> Campaig
         sending=sending,
         store=store,
         base_dir=str(base_dir),
+        store_password_env=store_password_env,
     )
 
 
@@ -580,6 +592,14 @@ def _relay_limits(
     for key in ("weight", "max_connections", "max_messages_per_connection"):
         default = getattr(defaults, key)
         limits[key] = _positive_int(table, key, default, problems, f"{prefix}.{key}")
+
+    quota = _get(table, "daily_quota", int, problems, f"{prefix}.daily_quota")
+    if quota is not None and quota < 1:
+        problems.add(
+            f"{prefix}.daily_quota",
+            f"{quota} must be at least 1 message per UTC day; remove the key for no quota",
+        )
+    limits["daily_quota"] = quota
 
     limits["rate"] = None
     if "rate" in table:

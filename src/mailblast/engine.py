@@ -37,7 +37,7 @@ from mailblast.relay.connection import RelayConnection, SessionError, default_eh
 from mailblast.relay.pool import RelayPool, RelayState
 from mailblast.retry import RetryPolicy
 from mailblast.store.base import CampaignRow, ClaimedMessage, LogRecord, Outcome
-from mailblast.store.sqlite import SQLiteStore
+from mailblast.store.sql import SQLStore
 
 logger = logging.getLogger("mailblast.engine")
 
@@ -78,7 +78,7 @@ class Engine:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: SQLStore,
         campaign: Campaign,
         row: CampaignRow,
         composer: Composer,

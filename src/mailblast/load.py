@@ -19,7 +19,7 @@ from mailblast.config import Campaign
 from mailblast.deliverylog import write_csv
 from mailblast.recipients import Recipient, Rejected, read_recipients
 from mailblast.store.base import CampaignRow, LoadRow, LogRecord
-from mailblast.store.sqlite import SQLiteStore
+from mailblast.store.sql import SQLStore
 
 logger = logging.getLogger("mailblast.load")
 
@@ -48,7 +48,7 @@ def reject_file_path(campaign: Campaign) -> str:
 
 
 def load_list(
-    store: SQLiteStore,
+    store: SQLStore,
     campaign: Campaign,
     row: CampaignRow,
     progress: Callable[[LoadReport], None] | None = None,
@@ -109,7 +109,7 @@ def _rejected_record(item: Rejected) -> LogRecord:
 
 
 def _commit(
-    store: SQLiteStore,
+    store: SQLStore,
     row: CampaignRow,
     rows: list[LoadRow],
     rejected: list[LogRecord],
@@ -123,7 +123,7 @@ def _commit(
     report.suppressed += len(result.suppressed)
 
 
-def _write_reject_file(store: SQLiteStore, campaign: Campaign, row: CampaignRow) -> str | None:
+def _write_reject_file(store: SQLStore, campaign: Campaign, row: CampaignRow) -> str | None:
     """Write every row the load did not queue, with line and reason; None when there are none."""
     path = reject_file_path(campaign)
     records = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,12 @@ def register(commands: Any) -> None:
         default=None,
         metavar="N",
         help="with --test-to: how many rows to send as proofs (default 3)",
+    )
+    send.add_argument(
+        "--store",
+        metavar="PATH|URL",
+        help="use this store instead of the campaign's store key: a SQLite file path or a"
+        " postgresql://user@host/database URL",
     )
     send.set_defaults(handler=run_send)
 
@@ -103,6 +110,8 @@ def run_send(arguments: argparse.Namespace) -> int:
             " no limit (use 'mailblast pause' to stop one)"
         )
     campaign = load_campaign(arguments.campaign)
+    if arguments.store:
+        campaign = dataclasses.replace(campaign, store=arguments.store)
     if arguments.test_to:
         limit = 3 if arguments.limit is None else arguments.limit
         if limit < 1:

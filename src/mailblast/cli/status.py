@@ -17,8 +17,9 @@ def add_store_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
         default=DEFAULT_STORE,
-        metavar="PATH",
-        help=f"the campaign's store: a SQLite file path (default {DEFAULT_STORE})",
+        metavar="PATH|URL",
+        help="the campaign's store: a SQLite file path or a postgresql://user@host/database URL"
+        f" (default {DEFAULT_STORE})",
     )
 
 

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 from mailblast.errors import StoreError
+from mailblast.store.postgres import URL_SCHEMES, PostgresStore
+from mailblast.store.sql import SQLStore
 from mailblast.store.sqlite import SQLiteStore
 
 
-def open_store(location: str, *, read_only: bool = False) -> SQLiteStore:
-    """Open the store at a SQLite path; a URL with a scheme names another backend."""
+def open_store(
+    location: str,
+    *,
+    read_only: bool = False,
+    password_env: str | None = None,
+    upgrade: bool = True,
+) -> SQLStore:
+    """Open the store at a SQLite path or a ``postgresql://user@host/db`` URL.
+
+    Opening applies pending migrations to a SQLite file and to an empty PostgreSQL database;
+    a PostgreSQL database shared by several machines is upgraded with ``mailblast db upgrade``.
+    """
     if "://" in location:
         scheme = location.split("://", 1)[0]
-        raise StoreError(
-            f"store {scheme}://… is not supported by this version; use a SQLite file path"
-        )
-    return SQLiteStore(location, read_only=read_only)
+        if scheme not in URL_SCHEMES:
+            raise StoreError(
+                f"store {scheme}://… is not supported; use a SQLite file path or a"
+                " postgresql://user@host/database URL"
+            )
+        return PostgresStore(location, password_env=password_env, upgrade=upgrade)
+    return SQLiteStore(location, read_only=read_only, upgrade=upgrade)
 
 
-__all__ = ["SQLiteStore", "StoreError", "open_store"]
+__all__ = ["PostgresStore", "SQLStore", "SQLiteStore", "StoreError", "open_store"]

@@ -2,78 +2,31 @@
 
 Every method is one transaction. ``busy_timeout`` lets a second process (``mailblast status``,
 ``mailblast pause``) wait for the sending process's short write transactions instead of failing.
+The queries are shared with PostgreSQL in :mod:`mailblast.store.sql`.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import time
-from collections.abc import Iterator, Sequence
-from importlib import resources
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from mailblast.errors import StoreError
-from mailblast.store.base import (
-    CampaignRow,
-    ClaimedMessage,
-    LoadChunkResult,
-    LoadRow,
-    LogRecord,
-    Outcome,
-    RecoveryResult,
-)
+from mailblast.store import migrations
+from mailblast.store.sql import SQLStore
 
-SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
 
-_LOG_INSERT = (
-    "INSERT INTO delivery_log (time, campaign_id, message, message_id, recipient, type, relay,"
-    " attempt, command, code, status, text, duration, line)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_CAMPAIGN_COLUMNS = (
-    "id, name, settings, status, status_reason, created_at, started_at, finished_at, loaded_at,"
-    " load_line, rows_read, rows_rejected, rows_duplicate, rows_suppressed"
-)
 
+class SQLiteStore(SQLStore):
+    """The Store interface on one SQLite file; opening it applies pending migrations."""
 
-def _log_values(campaign_id: int, record: LogRecord) -> tuple[Any, ...]:
-    return (
-        record.time,
-        campaign_id,
-        record.message,
-        record.message_id,
-        record.recipient,
-        record.type,
-        record.relay,
-        record.attempt,
-        record.command,
-        record.code,
-        record.status,
-        record.text,
-        record.duration,
-        record.line,
-    )
+    errors = (sqlite3.Error,)
 
-
-def _load_record(campaign_id: int, row: LoadRow, text: str, kind: str) -> tuple[Any, ...]:
-    record = LogRecord(type=kind, time=time.time(), recipient=row.address, text=text, line=row.line)
-    return _log_values(campaign_id, record)
-
-
-def _campaign(row: tuple[Any, ...]) -> CampaignRow:
-    values = list(row)
-    values[2] = json.loads(values[2])
-    return CampaignRow(*values)
-
-
-class SQLiteStore:
-    """The Store interface on one SQLite file."""
-
-    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False, upgrade: bool = True) -> None:
         self.path = str(path)
+        self.read_only = read_only
         try:
             if read_only:
                 uri = f"file:{Path(self.path).resolve()}?mode=ro"
@@ -85,443 +38,67 @@ class SQLiteStore:
             if not read_only:
                 self.db.execute("PRAGMA journal_mode = WAL")
                 self.db.execute("PRAGMA synchronous = NORMAL")
-                self._migrate()
         except sqlite3.Error as error:
             raise StoreError(f"cannot open store {self.path}: {error}") from error
-
-    def _migrate(self) -> None:
-        schema = resources.files("mailblast.store").joinpath("schema_sqlite.sql").read_text()
-        with self.db:
-            self.db.executescript(schema)
-            row = self.db.execute("SELECT version FROM schema_version").fetchone()
-            if row is None:
-                self.db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] > SCHEMA_VERSION:
-                raise StoreError(
-                    f"store {self.path} has schema version {row[0]}, newer than this mailblast"
-                    f" ({SCHEMA_VERSION}); upgrade mailblast"
-                )
-
-    def _write(self, operation: str, function: Any, *args: Any) -> Any:
-        """Run function in one transaction; raise SQLite failures as StoreError naming the file."""
         try:
-            with self.db:
-                return function(*args)
-        except sqlite3.Error as error:
-            raise StoreError(f"{operation} failed in store {self.path}: {error}") from error
+            self._prepare(upgrade)
+        except StoreError:
+            self.db.close()
+            raise
 
-    def close(self) -> None:
-        self.db.close()
+    def _prepare(self, upgrade: bool) -> None:
+        """Migrate unless the caller does (mailblast db upgrade, tests), then check the version."""
+        if not upgrade:
+            return
+        if not self.read_only:
+            self.upgrade()
+        migrations.check_version(self, "sqlite")
 
-    # Campaigns
+    def _transaction(self) -> AbstractContextManager[Any]:
+        return self.db
 
-    def upsert_campaign(self, name: str, settings: dict[str, Any], now: float) -> CampaignRow:
-        def run() -> None:
-            self.db.execute(
-                "INSERT INTO campaigns (name, settings, created_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET settings = excluded.settings",
-                (name, json.dumps(settings), now),
-            )
-
-        self._write("saving the campaign", run)
-        row = self.get_campaign(name)
-        assert row is not None
-        return row
-
-    def get_campaign(self, name: str) -> CampaignRow | None:
-        row = self.db.execute(
-            f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE name = ?", (name,)
+    def schema_version(self) -> int:
+        """Return the schema version, 0 for an empty database."""
+        exists = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
         ).fetchone()
-        return _campaign(row) if row else None
+        if exists is None:
+            return 0
+        row = self.db.execute("SELECT version FROM schema_version").fetchone()
+        return 0 if row is None else int(row[0])
 
-    def list_campaigns(self) -> list[CampaignRow]:
-        rows = self.db.execute(f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns ORDER BY id").fetchall()
-        return [_campaign(row) for row in rows]
-
-    def set_status(self, campaign_id: int, status: str, reason: str | None, now: float) -> None:
-        finished = now if status in ("done", "cancelled") else None
-        self._write(
-            "updating the campaign status",
-            self.db.execute,
-            "UPDATE campaigns SET status = ?, status_reason = ?,"
-            " finished_at = COALESCE(?, finished_at) WHERE id = ?",
-            (status, reason, finished, campaign_id),
-        )
-
-    def mark_started(self, campaign_id: int, now: float) -> None:
-        self._write(
-            "marking the campaign started",
-            self.db.execute,
-            "UPDATE campaigns SET started_at = COALESCE(started_at, ?) WHERE id = ?",
-            (now, campaign_id),
-        )
-
-    # Loading
-
-    def load_chunk(
-        self,
-        campaign_id: int,
-        rows: Sequence[LoadRow],
-        rejected: Sequence[LogRecord],
-        last_line: int,
-        rows_read: int,
-    ) -> LoadChunkResult:
-        return self._write(
-            "queueing recipients",
-            self._load_chunk,
-            campaign_id,
-            rows,
-            rejected,
-            last_line,
-            rows_read,
-        )
-
-    def _load_chunk(
-        self,
-        campaign_id: int,
-        rows: Sequence[LoadRow],
-        rejected: Sequence[LogRecord],
-        last_line: int,
-        rows_read: int,
-    ) -> LoadChunkResult:
-        result = LoadChunkResult()
-        cursor = self.db.cursor()
-        log: list[tuple[Any, ...]] = [_log_values(campaign_id, record) for record in rejected]
-        for row in rows:
-            if self._suppressed(cursor, campaign_id, row.key):
-                result.suppressed.append(row)
-                continue
-            cursor.execute(
-                "INSERT OR IGNORE INTO messages (campaign_id, line, address, key, smtputf8, fields)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (campaign_id, row.line, row.address, row.key, int(row.smtputf8), row.fields),
-            )
-            if cursor.rowcount == 1:
-                result.queued += 1
-                continue
-            first = cursor.execute(
-                "SELECT line FROM messages WHERE campaign_id = ? AND key = ?",
-                (campaign_id, row.key),
-            ).fetchone()
-            result.duplicates.append((row, first[0]))
-        log.extend(
-            _load_record(campaign_id, row, f"duplicate of line {first}", "rejected")
-            for row, first in result.duplicates
-        )
-        log.extend(
-            _load_record(campaign_id, row, "on the suppression list", "suppressed")
-            for row in result.suppressed
-        )
-        cursor.executemany(_LOG_INSERT, log)
-        cursor.execute(
-            "UPDATE campaigns SET load_line = ?, rows_read = ?,"
-            " rows_rejected = rows_rejected + ?, rows_duplicate = rows_duplicate + ?,"
-            " rows_suppressed = rows_suppressed + ? WHERE id = ?",
-            (
-                last_line,
-                rows_read,
-                len(rejected),
-                len(result.duplicates),
-                len(result.suppressed),
-                campaign_id,
-            ),
-        )
-        return result
-
-    def finish_load(self, campaign_id: int, now: float) -> None:
-        self._write(
-            "finishing the load",
-            self.db.execute,
-            "UPDATE campaigns SET loaded_at = ? WHERE id = ?",
-            (now, campaign_id),
-        )
-
-    # Sending
-
-    def claim(
-        self, campaign_id: int, owner: str, now: float, lease_until: float, limit: int
-    ) -> list[ClaimedMessage]:
-        def run() -> list[ClaimedMessage]:
-            rows = self.db.execute(
-                "UPDATE messages SET state = 'sending', lease_owner = ?, lease_until = ?"
-                " WHERE id IN (SELECT id FROM messages WHERE campaign_id = ?"
-                " AND state IN ('queued', 'deferred') AND due_at <= ?"
-                " ORDER BY due_at, id LIMIT ?)"
-                " RETURNING id, line, address, key, smtputf8, fields, attempts, first_attempt_at",
-                (owner, lease_until, campaign_id, now, limit),
-            ).fetchall()
-            return sorted((ClaimedMessage(*row) for row in rows), key=lambda m: m.id)
-
-        result: list[ClaimedMessage] = self._write("claiming messages", run)
-        return result
-
-    def renew_lease(self, campaign_id: int, owner: str, lease_until: float) -> None:
-        self._write(
-            "renewing the lease",
-            self.db.execute,
-            "UPDATE messages SET lease_until = ? WHERE campaign_id = ? AND lease_owner = ?"
-            " AND state = 'sending'",
-            (lease_until, campaign_id, owner),
-        )
-
-    def commit_group(
-        self,
-        campaign_id: int,
-        in_flight: Sequence[int],
-        outcomes: Sequence[Outcome],
-        records: Sequence[LogRecord] = (),
-    ) -> None:
-        def run() -> None:
-            if in_flight:
-                self.db.executemany(
-                    "UPDATE messages SET in_flight = 1 WHERE id = ?", [(i,) for i in in_flight]
+    def upgrade(self, target: int | None = None) -> list[int]:
+        """Apply the migrations after the current version, each in its own transaction."""
+        applied = []
+        for version, script in migrations.pending(self, "sqlite", target):
+            try:
+                self.db.executescript(
+                    f"BEGIN;\n{script}\n;DELETE FROM schema_version;"
+                    f" INSERT INTO schema_version VALUES ({version});\nCOMMIT;"
                 )
-            self.db.executemany(
-                "UPDATE messages SET state = ?, attempts = ?, due_at = ?, first_attempt_at = ?,"
-                " in_flight = 0, lease_owner = NULL, lease_until = NULL, relay = ?,"
-                " last_code = ?, last_status = ?, last_reply = ?, updated_at = ? WHERE id = ?",
-                [
-                    (
-                        o.state,
-                        o.attempts,
-                        o.due_at,
-                        o.first_attempt_at,
-                        o.record.relay,
-                        o.record.code,
-                        o.record.status,
-                        o.record.text,
-                        o.record.time,
-                        o.message,
-                    )
-                    for o in outcomes
-                ],
+            except sqlite3.Error as error:
+                self.db.rollback()
+                raise StoreError(
+                    f"migration {version} failed in store {self.path}: {error}"
+                ) from error
+            applied.append(version)
+        return applied
+
+    def catalog(self) -> dict[str, Any]:
+        """Describe tables, columns and indexes, to compare a migrated store with a fresh one."""
+        tables = [
+            row[0]
+            for row in self.db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
             )
-            log = [_log_values(campaign_id, o.record) for o in outcomes]
-            log.extend(_log_values(campaign_id, record) for record in records)
-            self.db.executemany(_LOG_INSERT, log)
-
-        self._write("recording outcomes", run)
-
-    def release(self, campaign_id: int, owner: str, ids: Sequence[int]) -> None:
-        """Return claimed messages that were never attempted to the queue (clean stop)."""
-        self._write(
-            "releasing claimed messages",
-            self.db.executemany,
-            "UPDATE messages SET state = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,"
-            " lease_owner = NULL, lease_until = NULL"
-            " WHERE id = ? AND campaign_id = ? AND lease_owner = ? AND state = 'sending'"
-            " AND in_flight = 0",
-            [(i, campaign_id, owner) for i in ids],
-        )
-
-    def recover(self, campaign_id: int, dead_owners: Sequence[str], now: float) -> RecoveryResult:
-        """Take back messages of runs that are gone, or whose lease expired.
-
-        A message marked in flight may have been accepted by a relay: it becomes ``unknown``.
-        Any other claimed message was never handed to a relay past MAIL/RCPT, so it is requeued.
-        """
-
-        def run() -> RecoveryResult:
-            owners = list(dead_owners)
-            marks = ",".join("?" * len(owners)) or "NULL"
-            condition = (
-                f"campaign_id = ? AND state = 'sending' AND (lease_owner IN ({marks})"
-                " OR lease_until < ? OR lease_owner IS NULL)"
-            )
-            params = (campaign_id, *owners, now)
-            unknown = self.db.execute(
-                f"UPDATE messages SET state = 'unknown', lease_owner = NULL, lease_until = NULL,"
-                f" updated_at = ? WHERE {condition} AND in_flight = 1"
-                " RETURNING id, address, attempts, relay",
-                (now, *params),
+        ]
+        result: dict[str, Any] = {}
+        for table in tables:
+            columns = self.db.execute(f"PRAGMA table_info({table})").fetchall()
+            indexes = self.db.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?"
+                " ORDER BY name",
+                (table,),
             ).fetchall()
-            requeued = self.db.execute(
-                f"UPDATE messages SET state = CASE WHEN attempts > 0 THEN 'deferred' ELSE"
-                f" 'queued' END, lease_owner = NULL, lease_until = NULL WHERE {condition}",
-                params,
-            ).rowcount
-            self.db.executemany(
-                _LOG_INSERT,
-                [
-                    _log_values(
-                        campaign_id,
-                        LogRecord(
-                            type="unknown",
-                            time=now,
-                            message=row[0],
-                            recipient=row[1],
-                            attempt=row[2] + 1,
-                            relay=row[3],
-                            command="end-of-data",
-                            text="the sending run stopped after the end of DATA and before the"
-                            " reply was recorded; outcome unknown",
-                        ),
-                    )
-                    for row in unknown
-                ],
-            )
-            if owners:
-                self.db.executemany("DELETE FROM runs WHERE id = ?", [(o,) for o in owners])
-            return RecoveryResult(requeued=requeued, unknown=len(unknown))
-
-        result: RecoveryResult = self._write("recovering claimed messages", run)
+            result[table] = {"columns": columns, "indexes": indexes}
         return result
-
-    def retry_unknown(self, campaign_id: int, now: float) -> int:
-        return int(
-            self._write(
-                "requeueing unknown messages",
-                lambda: (
-                    self.db.execute(
-                        "UPDATE messages SET state = 'deferred', due_at = ? WHERE campaign_id = ?"
-                        " AND state = 'unknown'",
-                        (now, campaign_id),
-                    ).rowcount
-                ),
-            )
-        )
-
-    def cancel_remaining(self, campaign_id: int, now: float) -> int:
-        return int(
-            self._write(
-                "cancelling messages",
-                lambda: (
-                    self.db.execute(
-                        "UPDATE messages SET state = 'cancelled', updated_at = ?"
-                        " WHERE campaign_id = ? AND state IN ('queued', 'deferred')",
-                        (now, campaign_id),
-                    ).rowcount
-                ),
-            )
-        )
-
-    # Reading
-
-    def counts(self, campaign_id: int) -> dict[str, int]:
-        rows = self.db.execute(
-            "SELECT state, count(*) FROM messages WHERE campaign_id = ? GROUP BY state",
-            (campaign_id,),
-        ).fetchall()
-        return {state: count for state, count in rows}
-
-    def next_due(self, campaign_id: int) -> float | None:
-        row = self.db.execute(
-            "SELECT min(due_at) FROM messages WHERE campaign_id = ?"
-            " AND state IN ('queued', 'deferred')",
-            (campaign_id,),
-        ).fetchone()
-        return None if row[0] is None else float(row[0])
-
-    def is_suppressed(self, campaign_id: int, key: str) -> bool:
-        return self._suppressed(self.db.cursor(), campaign_id, key)
-
-    @staticmethod
-    def _suppressed(cursor: sqlite3.Cursor, campaign_id: int, key: str) -> bool:
-        row = cursor.execute(
-            "SELECT 1 FROM suppressions WHERE key = ? AND campaign_id IN (0, ?) LIMIT 1",
-            (key, campaign_id),
-        ).fetchone()
-        return row is not None
-
-    def add_suppression(
-        self, key: str, address: str, reason: str, campaign_id: int, now: float
-    ) -> None:
-        self._write(
-            "adding a suppression",
-            self.db.execute,
-            "INSERT OR REPLACE INTO suppressions (key, campaign_id, address, reason, time)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (key, campaign_id, address, reason, now),
-        )
-
-    def iter_log(self, campaign_id: int) -> Iterator[dict[str, Any]]:
-        name_row = self.db.execute("SELECT name FROM campaigns WHERE id = ?", (campaign_id,))
-        name = name_row.fetchone()[0]
-        last_id = 0
-        while True:
-            rows = self.db.execute(
-                "SELECT id, time, message_id, recipient, type, relay, attempt, command, code,"
-                " status, text, duration, line FROM delivery_log"
-                " WHERE campaign_id = ? AND id > ? ORDER BY id LIMIT 5000",
-                (campaign_id, last_id),
-            ).fetchall()
-            if not rows:
-                return
-            for row in rows:
-                last_id = row[0]
-                yield {
-                    "time": row[1],
-                    "campaign": name,
-                    "message_id": row[2],
-                    "recipient": row[3],
-                    "type": row[4],
-                    "relay": row[5],
-                    "attempt": row[6],
-                    "command": row[7],
-                    "code": row[8],
-                    "status": row[9],
-                    "text": row[10],
-                    "duration": row[11],
-                    "line": row[12],
-                }
-
-    def relay_totals(self, campaign_id: int) -> dict[str, dict[str, Any]]:
-        rows = self.db.execute(
-            "SELECT relay, type, count(*), min(time), max(time) FROM delivery_log"
-            " WHERE campaign_id = ? AND relay IS NOT NULL GROUP BY relay, type",
-            (campaign_id,),
-        ).fetchall()
-        totals: dict[str, dict[str, Any]] = {}
-        for relay, kind, count, first, last in rows:
-            entry = totals.setdefault(relay, {"first": first, "last": last})
-            entry[kind] = count
-            entry["first"] = min(entry["first"], first)
-            entry["last"] = max(entry["last"], last)
-        return totals
-
-    def message_states(
-        self, campaign_id: int, state: str, limit: int = 100
-    ) -> list[tuple[Any, ...]]:
-        return self.db.execute(
-            "SELECT id, address, line, attempts, relay, last_code, last_status, last_reply"
-            " FROM messages WHERE campaign_id = ? AND state = ? ORDER BY id LIMIT ?",
-            (campaign_id, state, limit),
-        ).fetchall()
-
-    # Runs
-
-    def register_run(self, run_id: str, campaign_id: int, host: str, pid: int, now: float) -> None:
-        self._write(
-            "registering the run",
-            self.db.execute,
-            "INSERT OR REPLACE INTO runs (id, campaign_id, host, pid, started_at, heartbeat_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (run_id, campaign_id, host, pid, now, now),
-        )
-
-    def heartbeat(self, run_id: str, now: float) -> None:
-        self._write(
-            "updating the heartbeat",
-            self.db.execute,
-            "UPDATE runs SET heartbeat_at = ? WHERE id = ?",
-            (now, run_id),
-        )
-
-    def remove_run(self, run_id: str) -> None:
-        self._write("removing the run", self.db.execute, "DELETE FROM runs WHERE id = ?", (run_id,))
-
-    def runs(self, campaign_id: int) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            "SELECT id, host, pid, started_at, heartbeat_at FROM runs WHERE campaign_id = ?",
-            (campaign_id,),
-        ).fetchall()
-        keys = ("id", "host", "pid", "started_at", "heartbeat_at")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
-
-    def lease_owners(self, campaign_id: int) -> list[str]:
-        rows = self.db.execute(
-            "SELECT DISTINCT lease_owner FROM messages WHERE campaign_id = ? AND state = 'sending'"
-            " AND lease_owner IS NOT NULL",
-            (campaign_id,),
-        ).fetchall()
-        return [row[0] for row in rows]

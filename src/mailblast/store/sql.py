@@ -1,0 +1,540 @@
+"""Store methods whose SQL is the same on SQLite and PostgreSQL.
+
+Queries are written once with ``?`` placeholders; a backend translates them to its driver's
+style (:meth:`SQLStore._sql`) and supplies the connection, the transaction and the error types.
+Both drivers return plain tuples, so rows map the same way on both. Methods a backend must
+write differently (claiming, opening, migrating) live in the backend's own module.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Self
+
+from mailblast.errors import StoreError
+from mailblast.store.base import (
+    CampaignRow,
+    ClaimedMessage,
+    LoadChunkResult,
+    LoadRow,
+    LogRecord,
+    Outcome,
+    RecoveryResult,
+)
+
+LOG_INSERT = (
+    "INSERT INTO delivery_log (time, campaign_id, message, message_id, recipient, type, relay,"
+    " attempt, command, code, status, text, duration, line)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+CAMPAIGN_COLUMNS = (
+    "id, name, settings, status, status_reason, created_at, started_at, finished_at, loaded_at,"
+    " load_line, rows_read, rows_rejected, rows_duplicate, rows_suppressed"
+)
+CLAIM = (
+    "UPDATE messages SET state = 'sending', lease_owner = ?, lease_until = ?"
+    " WHERE id IN (SELECT id FROM messages WHERE campaign_id = ?"
+    " AND state IN ('queued', 'deferred') AND due_at <= ?"
+    " ORDER BY due_at, id LIMIT ?{lock})"
+    " RETURNING id, line, address, key, smtputf8, fields, attempts, first_attempt_at"
+)
+
+
+def log_values(campaign_id: int, record: LogRecord) -> tuple[Any, ...]:
+    return (
+        record.time,
+        campaign_id,
+        record.message,
+        record.message_id,
+        record.recipient,
+        record.type,
+        record.relay,
+        record.attempt,
+        record.command,
+        record.code,
+        record.status,
+        record.text,
+        record.duration,
+        record.line,
+    )
+
+
+def _load_record(campaign_id: int, row: LoadRow, text: str, kind: str) -> tuple[Any, ...]:
+    record = LogRecord(type=kind, time=time.time(), recipient=row.address, text=text, line=row.line)
+    return log_values(campaign_id, record)
+
+
+def _campaign(row: tuple[Any, ...]) -> CampaignRow:
+    values = list(row)
+    values[2] = json.loads(values[2])
+    return CampaignRow(*values)
+
+
+class SQLStore:
+    """The Store interface in SQL shared by the backends; subclasses open the connection.
+
+    ``path`` names the store in messages (a file path, or a URL without a password).
+    ``claim_lock`` is appended to the claim's inner SELECT: PostgreSQL locks the rows it
+    claims and skips rows another worker is claiming, SQLite has one writer at a time.
+    """
+
+    path: str
+    db: Any
+    errors: tuple[type[Exception], ...] = ()
+    claim_lock = ""
+
+    def _sql(self, text: str) -> str:
+        """Return the query in the driver's placeholder style."""
+        return text
+
+    def _transaction(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def schema_version(self) -> int:
+        raise NotImplementedError
+
+    def upgrade(self, target: int | None = None) -> list[int]:
+        raise NotImplementedError
+
+    def catalog(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        cursor = self.db.cursor()
+        cursor.execute(self._sql(sql), params)
+        return cursor
+
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        cursor = self.db.cursor()
+        if rows:
+            cursor.executemany(self._sql(sql), rows)
+        return cursor
+
+    def _write(self, operation: str, function: Any, *args: Any) -> Any:
+        """Run function in one transaction; raise driver failures as StoreError naming the store."""
+        try:
+            with self._transaction():
+                return function(*args)
+        except self.errors as error:
+            raise StoreError(f"{operation} failed in store {self.path}: {error}") from error
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # Campaigns
+
+    def upsert_campaign(self, name: str, settings: dict[str, Any], now: float) -> CampaignRow:
+        def run() -> None:
+            self._execute(
+                "INSERT INTO campaigns (name, settings, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET settings = excluded.settings",
+                (name, json.dumps(settings), now),
+            )
+
+        self._write("saving the campaign", run)
+        row = self.get_campaign(name)
+        assert row is not None
+        return row
+
+    def get_campaign(self, name: str) -> CampaignRow | None:
+        row = self._execute(
+            f"SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE name = ?", (name,)
+        ).fetchone()
+        return _campaign(row) if row else None
+
+    def list_campaigns(self) -> list[CampaignRow]:
+        rows = self._execute(f"SELECT {CAMPAIGN_COLUMNS} FROM campaigns ORDER BY id").fetchall()
+        return [_campaign(row) for row in rows]
+
+    def set_status(self, campaign_id: int, status: str, reason: str | None, now: float) -> None:
+        finished = now if status in ("done", "cancelled") else None
+        self._write(
+            "updating the campaign status",
+            self._execute,
+            "UPDATE campaigns SET status = ?, status_reason = ?,"
+            " finished_at = COALESCE(?, finished_at) WHERE id = ?",
+            (status, reason, finished, campaign_id),
+        )
+
+    def mark_started(self, campaign_id: int, now: float) -> None:
+        self._write(
+            "marking the campaign started",
+            self._execute,
+            "UPDATE campaigns SET started_at = COALESCE(started_at, ?) WHERE id = ?",
+            (now, campaign_id),
+        )
+
+    # Loading
+
+    def load_chunk(
+        self,
+        campaign_id: int,
+        rows: Sequence[LoadRow],
+        rejected: Sequence[LogRecord],
+        last_line: int,
+        rows_read: int,
+    ) -> LoadChunkResult:
+        return self._write(
+            "queueing recipients",
+            self._load_chunk,
+            campaign_id,
+            rows,
+            rejected,
+            last_line,
+            rows_read,
+        )
+
+    def _load_chunk(
+        self,
+        campaign_id: int,
+        rows: Sequence[LoadRow],
+        rejected: Sequence[LogRecord],
+        last_line: int,
+        rows_read: int,
+    ) -> LoadChunkResult:
+        result = LoadChunkResult()
+        log: list[tuple[Any, ...]] = [log_values(campaign_id, record) for record in rejected]
+        for row in rows:
+            if self.is_suppressed(campaign_id, row.key):
+                result.suppressed.append(row)
+                continue
+            cursor = self._execute(
+                "INSERT INTO messages (campaign_id, line, address, key, smtputf8, fields)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (campaign_id, key) DO NOTHING",
+                (campaign_id, row.line, row.address, row.key, int(row.smtputf8), row.fields),
+            )
+            if cursor.rowcount == 1:
+                result.queued += 1
+                continue
+            first = self._execute(
+                "SELECT line FROM messages WHERE campaign_id = ? AND key = ?",
+                (campaign_id, row.key),
+            ).fetchone()
+            result.duplicates.append((row, first[0]))
+        log.extend(
+            _load_record(campaign_id, row, f"duplicate of line {first}", "rejected")
+            for row, first in result.duplicates
+        )
+        log.extend(
+            _load_record(campaign_id, row, "on the suppression list", "suppressed")
+            for row in result.suppressed
+        )
+        self._executemany(LOG_INSERT, log)
+        self._execute(
+            "UPDATE campaigns SET load_line = ?, rows_read = ?,"
+            " rows_rejected = rows_rejected + ?, rows_duplicate = rows_duplicate + ?,"
+            " rows_suppressed = rows_suppressed + ? WHERE id = ?",
+            (
+                last_line,
+                rows_read,
+                len(rejected),
+                len(result.duplicates),
+                len(result.suppressed),
+                campaign_id,
+            ),
+        )
+        return result
+
+    def finish_load(self, campaign_id: int, now: float) -> None:
+        self._write(
+            "finishing the load",
+            self._execute,
+            "UPDATE campaigns SET loaded_at = ? WHERE id = ?",
+            (now, campaign_id),
+        )
+
+    # Sending
+
+    def claim(
+        self, campaign_id: int, owner: str, now: float, lease_until: float, limit: int
+    ) -> list[ClaimedMessage]:
+        def run() -> list[ClaimedMessage]:
+            rows = self._execute(
+                CLAIM.format(lock=self.claim_lock),
+                (owner, lease_until, campaign_id, now, limit),
+            ).fetchall()
+            return sorted((ClaimedMessage(*row) for row in rows), key=lambda m: m.id)
+
+        result: list[ClaimedMessage] = self._write("claiming messages", run)
+        return result
+
+    def renew_lease(self, campaign_id: int, owner: str, lease_until: float) -> None:
+        self._write(
+            "renewing the lease",
+            self._execute,
+            "UPDATE messages SET lease_until = ? WHERE campaign_id = ? AND lease_owner = ?"
+            " AND state = 'sending'",
+            (lease_until, campaign_id, owner),
+        )
+
+    def commit_group(
+        self,
+        campaign_id: int,
+        in_flight: Sequence[int],
+        outcomes: Sequence[Outcome],
+        records: Sequence[LogRecord] = (),
+    ) -> None:
+        def run() -> None:
+            if in_flight:
+                self._executemany(
+                    "UPDATE messages SET in_flight = 1 WHERE id = ?", [(i,) for i in in_flight]
+                )
+            self._executemany(
+                "UPDATE messages SET state = ?, attempts = ?, due_at = ?, first_attempt_at = ?,"
+                " in_flight = 0, lease_owner = NULL, lease_until = NULL, relay = ?,"
+                " last_code = ?, last_status = ?, last_reply = ?, updated_at = ? WHERE id = ?",
+                [
+                    (
+                        o.state,
+                        o.attempts,
+                        o.due_at,
+                        o.first_attempt_at,
+                        o.record.relay,
+                        o.record.code,
+                        o.record.status,
+                        o.record.text,
+                        o.record.time,
+                        o.message,
+                    )
+                    for o in outcomes
+                ],
+            )
+            log = [log_values(campaign_id, o.record) for o in outcomes]
+            log.extend(log_values(campaign_id, record) for record in records)
+            self._executemany(LOG_INSERT, log)
+
+        self._write("recording outcomes", run)
+
+    def release(self, campaign_id: int, owner: str, ids: Sequence[int]) -> None:
+        """Return claimed messages that were never attempted to the queue (clean stop)."""
+        self._write(
+            "releasing claimed messages",
+            self._executemany,
+            "UPDATE messages SET state = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,"
+            " lease_owner = NULL, lease_until = NULL"
+            " WHERE id = ? AND campaign_id = ? AND lease_owner = ? AND state = 'sending'"
+            " AND in_flight = 0",
+            [(i, campaign_id, owner) for i in ids],
+        )
+
+    def recover(self, campaign_id: int, dead_owners: Sequence[str], now: float) -> RecoveryResult:
+        """Take back messages of runs that are gone, or whose lease expired.
+
+        A message marked in flight may have been accepted by a relay: it becomes ``unknown``.
+        Any other claimed message was never handed to a relay past MAIL/RCPT, so it is requeued.
+        """
+
+        def run() -> RecoveryResult:
+            owners = list(dead_owners)
+            marks = ",".join("?" * len(owners)) or "NULL"
+            condition = (
+                f"campaign_id = ? AND state = 'sending' AND (lease_owner IN ({marks})"
+                " OR lease_until < ? OR lease_owner IS NULL)"
+            )
+            params = (campaign_id, *owners, now)
+            unknown = self._execute(
+                f"UPDATE messages SET state = 'unknown', lease_owner = NULL, lease_until = NULL,"
+                f" updated_at = ? WHERE {condition} AND in_flight = 1"
+                " RETURNING id, address, attempts, relay",
+                (now, *params),
+            ).fetchall()
+            requeued = self._execute(
+                f"UPDATE messages SET state = CASE WHEN attempts > 0 THEN 'deferred' ELSE"
+                f" 'queued' END, lease_owner = NULL, lease_until = NULL WHERE {condition}",
+                params,
+            ).rowcount
+            self._executemany(
+                LOG_INSERT,
+                [
+                    log_values(
+                        campaign_id,
+                        LogRecord(
+                            type="unknown",
+                            time=now,
+                            message=row[0],
+                            recipient=row[1],
+                            attempt=row[2] + 1,
+                            relay=row[3],
+                            command="end-of-data",
+                            text="the sending run stopped after the end of DATA and before the"
+                            " reply was recorded; outcome unknown",
+                        ),
+                    )
+                    for row in unknown
+                ],
+            )
+            if owners:
+                self._executemany("DELETE FROM runs WHERE id = ?", [(o,) for o in owners])
+            return RecoveryResult(requeued=requeued, unknown=len(unknown))
+
+        result: RecoveryResult = self._write("recovering claimed messages", run)
+        return result
+
+    def retry_unknown(self, campaign_id: int, now: float) -> int:
+        return int(
+            self._write(
+                "requeueing unknown messages",
+                lambda: (
+                    self._execute(
+                        "UPDATE messages SET state = 'deferred', due_at = ? WHERE campaign_id = ?"
+                        " AND state = 'unknown'",
+                        (now, campaign_id),
+                    ).rowcount
+                ),
+            )
+        )
+
+    def cancel_remaining(self, campaign_id: int, now: float) -> int:
+        return int(
+            self._write(
+                "cancelling messages",
+                lambda: (
+                    self._execute(
+                        "UPDATE messages SET state = 'cancelled', updated_at = ?"
+                        " WHERE campaign_id = ? AND state IN ('queued', 'deferred')",
+                        (now, campaign_id),
+                    ).rowcount
+                ),
+            )
+        )
+
+    # Reading
+
+    def counts(self, campaign_id: int) -> dict[str, int]:
+        rows = self._execute(
+            "SELECT state, count(*) FROM messages WHERE campaign_id = ? GROUP BY state",
+            (campaign_id,),
+        ).fetchall()
+        return {state: count for state, count in rows}
+
+    def next_due(self, campaign_id: int) -> float | None:
+        row = self._execute(
+            "SELECT min(due_at) FROM messages WHERE campaign_id = ?"
+            " AND state IN ('queued', 'deferred')",
+            (campaign_id,),
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def is_suppressed(self, campaign_id: int, key: str) -> bool:
+        row = self._execute(
+            "SELECT 1 FROM suppressions WHERE key = ? AND campaign_id IN (0, ?) LIMIT 1",
+            (key, campaign_id),
+        ).fetchone()
+        return row is not None
+
+    def add_suppression(
+        self, key: str, address: str, reason: str, campaign_id: int, now: float
+    ) -> None:
+        self._write(
+            "adding a suppression",
+            self._execute,
+            "INSERT INTO suppressions (key, campaign_id, address, reason, time)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (key, campaign_id) DO UPDATE SET"
+            " address = excluded.address, reason = excluded.reason, time = excluded.time",
+            (key, campaign_id, address, reason, now),
+        )
+
+    def iter_log(self, campaign_id: int) -> Iterator[dict[str, Any]]:
+        name_row = self._execute("SELECT name FROM campaigns WHERE id = ?", (campaign_id,))
+        name = name_row.fetchone()[0]
+        last_id = 0
+        while True:
+            rows = self._execute(
+                "SELECT id, time, message_id, recipient, type, relay, attempt, command, code,"
+                " status, text, duration, line FROM delivery_log"
+                " WHERE campaign_id = ? AND id > ? ORDER BY id LIMIT 5000",
+                (campaign_id, last_id),
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                last_id = row[0]
+                yield {
+                    "time": row[1],
+                    "campaign": name,
+                    "message_id": row[2],
+                    "recipient": row[3],
+                    "type": row[4],
+                    "relay": row[5],
+                    "attempt": row[6],
+                    "command": row[7],
+                    "code": row[8],
+                    "status": row[9],
+                    "text": row[10],
+                    "duration": row[11],
+                    "line": row[12],
+                }
+
+    def relay_totals(self, campaign_id: int) -> dict[str, dict[str, Any]]:
+        rows = self._execute(
+            "SELECT relay, type, count(*), min(time), max(time) FROM delivery_log"
+            " WHERE campaign_id = ? AND relay IS NOT NULL GROUP BY relay, type",
+            (campaign_id,),
+        ).fetchall()
+        totals: dict[str, dict[str, Any]] = {}
+        for relay, kind, count, first, last in rows:
+            entry = totals.setdefault(relay, {"first": first, "last": last})
+            entry[kind] = count
+            entry["first"] = min(entry["first"], first)
+            entry["last"] = max(entry["last"], last)
+        return totals
+
+    def message_states(
+        self, campaign_id: int, state: str, limit: int = 100
+    ) -> list[tuple[Any, ...]]:
+        return self._execute(
+            "SELECT id, address, line, attempts, relay, last_code, last_status, last_reply"
+            " FROM messages WHERE campaign_id = ? AND state = ? ORDER BY id LIMIT ?",
+            (campaign_id, state, limit),
+        ).fetchall()
+
+    # Runs
+
+    def register_run(self, run_id: str, campaign_id: int, host: str, pid: int, now: float) -> None:
+        self._write(
+            "registering the run",
+            self._execute,
+            "INSERT INTO runs (id, campaign_id, host, pid, started_at, heartbeat_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+            " campaign_id = excluded.campaign_id, host = excluded.host, pid = excluded.pid,"
+            " started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
+            (run_id, campaign_id, host, pid, now, now),
+        )
+
+    def heartbeat(self, run_id: str, now: float, sent: int | None = None) -> None:
+        """Record that the run is alive and, when given, how many messages it has sent."""
+        self._write(
+            "updating the heartbeat",
+            self._execute,
+            "UPDATE runs SET heartbeat_at = ?, sent = COALESCE(?, sent) WHERE id = ?",
+            (now, sent, run_id),
+        )
+
+    def remove_run(self, run_id: str) -> None:
+        self._write("removing the run", self._execute, "DELETE FROM runs WHERE id = ?", (run_id,))
+
+    def runs(self, campaign_id: int) -> list[dict[str, Any]]:
+        rows = self._execute(
+            "SELECT id, host, pid, started_at, heartbeat_at, sent FROM runs WHERE campaign_id = ?"
+            " ORDER BY started_at, id",
+            (campaign_id,),
+        ).fetchall()
+        keys = ("id", "host", "pid", "started_at", "heartbeat_at", "sent")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def lease_owners(self, campaign_id: int) -> list[str]:
+        rows = self._execute(
+            "SELECT DISTINCT lease_owner FROM messages WHERE campaign_id = ? AND state = 'sending'"
+            " AND lease_owner IS NOT NULL",
+            (campaign_id,),
+        ).fetchall()
+        return [row[0] for row in rows]
