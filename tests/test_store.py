@@ -169,3 +169,67 @@ def test_newer_schema_refused(store_location: str) -> None:
         store.db.commit()
     with pytest.raises(StoreError, match="newer than this mailblast"):
         open_store(store_location)
+
+
+def test_connection_slots_capped(store: SQLStore) -> None:
+    campaign = make_campaign(store)
+    store.prepare_relays(campaign, [("r1", 2)])
+    first = store.acquire_slot(campaign, "r1", "run-a", 10, 100)
+    second = store.acquire_slot(campaign, "r1", "run-b", 10, 100)
+    assert {first, second} == {0, 1}
+    assert store.acquire_slot(campaign, "r1", "run-c", 10, 100) is None
+    store.release_slot(campaign, "r1", 0, "run-a")
+    assert store.acquire_slot(campaign, "r1", "run-c", 10, 100) == 0
+
+
+def test_expired_slot_taken_over(store: SQLStore) -> None:
+    campaign = make_campaign(store)
+    store.prepare_relays(campaign, [("r1", 1)])
+    assert store.acquire_slot(campaign, "r1", "dead-run", 10, 100) == 0
+    store.renew_lease(campaign, "dead-run", 200)
+    assert store.acquire_slot(campaign, "r1", "run-b", 150, 300) is None
+    assert store.acquire_slot(campaign, "r1", "run-b", 250, 300) == 0
+
+
+def test_release_slots_of_run(store: SQLStore) -> None:
+    campaign = make_campaign(store)
+    store.prepare_relays(campaign, [("r1", 3), ("r2", 1)])
+    for relay in ("r1", "r1", "r2"):
+        assert store.acquire_slot(campaign, relay, "run-a", 10, 100) is not None
+    store.release_slots(campaign, "run-a")
+    assert store.acquire_slot(campaign, "r2", "run-b", 10, 100) == 0
+
+
+def test_prepare_relays_shrinks_slots(store: SQLStore) -> None:
+    campaign = make_campaign(store)
+    store.prepare_relays(campaign, [("r1", 3)])
+    store.prepare_relays(campaign, [("r1", 1)])
+    assert store.acquire_slot(campaign, "r1", "run-a", 10, 100) == 0
+    assert store.acquire_slot(campaign, "r1", "run-b", 10, 100) is None
+
+
+def test_send_budget_spaces_messages(store: SQLStore) -> None:
+    campaign = make_campaign(store)
+    store.prepare_relays(campaign, [("r1", 1)])
+    starts = [store.take_send_budget(campaign, "r1", 100.0, 0.5, None, "d1") for _ in range(3)]
+    assert starts == [100.0, 100.5, 101.0]
+    assert store.take_send_budget(campaign, "r1", 200.0, 0.5, None, "d1") == 200.0
+
+
+def test_daily_quota_resets_next_day(store: SQLStore) -> None:
+    campaign = make_campaign(store)
+    store.prepare_relays(campaign, [("r1", 1)])
+    taken = [store.take_send_budget(campaign, "r1", 10.0, 0.0, 2, "2026-12-04") for _ in range(3)]
+    assert taken == [10.0, 10.0, None]
+    assert store.take_send_budget(campaign, "r1", 20.0, 0.0, 2, "2026-12-05") == 20.0
+
+
+def test_in_flight_mark_needs_lease(store: SQLStore) -> None:
+    campaign = make_campaign(store)
+    store.load_chunk(campaign, rows(1), [], 2, 1)
+    message = store.claim(campaign, "slow-run", 10, 20, 1)[0].id
+    store.recover(campaign, [], 30)
+    assert store.claim(campaign, "new-run", 30, 90, 1)[0].id == message
+    assert store.commit_group(campaign, [message], [], owner="slow-run") == [message]
+    assert store.commit_group(campaign, [message], [], owner="new-run") == []
+    assert store.recover(campaign, ["new-run"], 40).unknown == 1

@@ -95,20 +95,33 @@ def send(
         if row.status == "done":
             store.set_status(row.id, "active", None, time.time())
         row = store.get_campaign(campaign.name) or row
-        engine = Engine(store, campaign, row, composer)
-        try:
-            stats = asyncio.run(_run_engine(engine, wait, install_signal_handlers, on_start))
-        except asyncio.CancelledError:
-            # A second SIGINT or SIGTERM cancelled the run; the next send takes back its claims.
-            raise KeyboardInterrupt from None
-        summary = summarise(store, campaign.name)
-        unfinished = any(summary.counts.get(s) for s in ("queued", "deferred", "sending"))
-        if not unfinished and summary.status == "active":
-            store.set_status(row.id, "done", None, time.time())
-            summary.status = "done"
+        summary, stats = run_engine(
+            Engine(store, campaign, row, composer), wait, install_signal_handlers, on_start
+        )
         return summary, stats, report
     finally:
         store.close()
+
+
+def run_engine(
+    engine: Engine,
+    wait: bool,
+    install_signal_handlers: bool,
+    on_start: Callable[[Engine], None] | None,
+) -> tuple[Summary, RunStats]:
+    """Send until the engine stops; mark the campaign done when every message is final."""
+    try:
+        stats = asyncio.run(_run_engine(engine, wait, install_signal_handlers, on_start))
+    except asyncio.CancelledError:
+        # A second SIGINT or SIGTERM cancelled the run; the next send takes back its claims.
+        raise KeyboardInterrupt from None
+    store, row = engine.store, engine.row
+    summary = summarise(store, row.name)
+    unfinished = any(summary.counts.get(s) for s in ("queued", "deferred", "sending"))
+    if not unfinished and summary.status == "active":
+        store.set_status(row.id, "done", None, time.time())
+        summary.status = "done"
+    return summary, stats
 
 
 async def _run_engine(

@@ -30,7 +30,8 @@ from typing import Any, TypeVar
 from mailblast.aio import raise_if_cancelling
 from mailblast.compose import Composer, message_id_for
 from mailblast.config import Campaign
-from mailblast.errors import StoreError, TemplateError
+from mailblast.errors import LeaseLostError, StoreError, TemplateError
+from mailblast.fleet import RelayLimits
 from mailblast.recorder import Recorder
 from mailblast.relay.classify import Command, Reply, Scope
 from mailblast.relay.connection import RelayConnection, SessionError, default_ehlo_name
@@ -98,6 +99,7 @@ class Engine:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailblast-store")
         self.recorder = Recorder(store, row.id, self._db)
         self.recorder.on_failure = lambda error: self.request_stop(f"the store failed: {error}")
+        self.recorder.owner = self.run_id
         self.stats = RunStats()
         self.pending: deque[Job] = deque()
         self.pending_ready = asyncio.Event()
@@ -109,6 +111,10 @@ class Engine:
         self.cancelled = False
         self._busy: set[asyncio.Task[Any]] = set()
         self.recent_errors: deque[bool] = deque(maxlen=campaign.sending.error_window)
+        self.limits = RelayLimits(
+            store, row.id, self.run_id, campaign.sending.lease, self._db, clock, self.pool.clock
+        )
+        self._slots: dict[RelayConnection, int] = {}  # connection -> its relay_slots row
 
     async def _db(self, function: Callable[..., T], *args: Any) -> T:
         """Run a store call on the store's own thread."""
@@ -166,6 +172,7 @@ class Engine:
             os.getpid(),
             now,
         )
+        await self.limits.prepare(self.pool.relays)
         dead = await self._db(self._dead_owners)
         result = await self._db(self.store.recover, self.row.id, dead, now)
         if result.requeued or result.unknown:
@@ -186,6 +193,9 @@ class Engine:
             )
             if not self.wait_for_deferred:
                 self.request_stop("paused")
+
+    def _sending(self) -> bool:
+        return not (self.paused or self.stopping.is_set())
 
     def _dead_owners(self) -> list[str]:
         """Runs on this host whose process is gone; their claims can be taken over at once."""
@@ -244,6 +254,7 @@ class Engine:
                 await self.recorder.stop(recorder_task)
                 if unsent:
                     await self._db(self.store.release, self.row.id, self.run_id, unsent)
+                await self.limits.release_all()
                 if self.cancelled:
                     count = await self._db(self.store.cancel_remaining, self.row.id, self.clock())
                     logger.info("campaign %s: cancelled %d messages", self.campaign.name, count)
@@ -291,7 +302,8 @@ class Engine:
             if not any(counts.get(state) for state in ("queued", "deferred", "sending")):
                 self.request_stop("every message is final")
             else:
-                await asyncio.sleep(0.05)
+                # Other runs are sending; on a shared store, poll it less often.
+                await asyncio.sleep(0.5 if self.limits.shared else 0.05)
             return
         if not self.wait_for_deferred and next_due > now:
             self.request_stop("nothing is due now (--no-wait)")
@@ -383,11 +395,15 @@ class Engine:
             if connection is not None:
                 relay.sessions_open -= 1
                 connection.close()
+                self._slots.pop(connection, None)  # the shutdown releases the run's slots
 
     async def _close(self, relay: RelayState[Job], connection: RelayConnection | None) -> None:
         if connection is not None:
             relay.sessions_open -= 1
             await connection.quit()
+            slot = self._slots.pop(connection, None)
+            if slot is not None:
+                await self.limits.release_slot(relay, slot)
         return None
 
     async def _next_job(
@@ -431,7 +447,9 @@ class Engine:
             job.excluded = job.excluded | {relay.name}
             self._redispatch(job)
             return connection
-        await relay.limiter.acquire()
+        if not await self.limits.pace(relay):
+            self._redispatch(job)  # the relay's daily quota is used up
+            return connection
         await self._attempt(relay, connection, job)
         if not connection.is_open:
             await self._close(relay, connection)
@@ -439,13 +457,19 @@ class Engine:
         return connection
 
     async def _open(self, relay: RelayState[Job], job: Job) -> RelayConnection | None:
+        slot = await self.limits.acquire_slot(relay, self._sending)
+        if slot is None:
+            self._redispatch(job)
+            return None
         connection = RelayConnection(relay.settings, self.ehlo_name)
         started = time.monotonic()
         try:
             await connection.open()
         except SessionError as error:
+            await self.limits.release_slot(relay, slot)
             self._session_failed(relay, job, error.reply, time.monotonic() - started)
             return None
+        self._slots[connection] = slot
         relay.sessions_open += 1
         relay.smtputf8 = connection.smtputf8
         return connection
@@ -503,6 +527,12 @@ class Engine:
             )
         except StoreError as error:
             self.request_stop(f"the store failed: {error}")
+            return
+        except LeaseLostError:
+            # This run was too slow to renew its lease; the run that took the message over
+            # sends it, so this one drops it (the session is closed before the final dot).
+            logger.warning("message %d: lease expired and taken over; not sent here", message.id)
+            self._claimed.pop(message.id, None)
             return
         self._handle_reply(relay, job, reply, time.monotonic() - started, composed.message_id)
 
@@ -628,10 +658,12 @@ class Engine:
             await asyncio.sleep(CONTROL_POLL_SECONDS)
             now = self.clock()
             row = await self._db(self.store.get_campaign, self.campaign.name)
-            await self._db(self.store.heartbeat, self.run_id, now)
+            sent = self.stats.outcomes["sent"]
+            await self._db(self.store.heartbeat, self.run_id, now, sent)
             lease = self.campaign.sending.lease
             if now - renewed >= lease / 3:
                 await self._db(self.store.renew_lease, self.row.id, self.run_id, now + lease)
+                await self._take_over_expired(now)
                 renewed = now
             if row is None:
                 continue
@@ -648,6 +680,21 @@ class Engine:
                 await self._release_unstarted()
                 if not self.wait_for_deferred:
                     self.request_stop("paused")
+
+    async def _take_over_expired(self, now: float) -> None:
+        """Take back the messages of runs whose lease expired (a worker killed or cut off)."""
+        result = await self._db(self.store.recover, self.row.id, [], now)
+        if result.requeued or result.unknown:
+            logger.warning(
+                "campaign %s: took over %d messages whose lease expired (%d unknown)",
+                self.campaign.name,
+                result.requeued + result.unknown,
+                result.unknown,
+            )
+        lease = self.campaign.sending.lease
+        for run in await self._db(self.store.runs, self.row.id):
+            if run["heartbeat_at"] < now - lease:
+                await self._db(self.store.remove_run, run["id"])
 
     async def _release_unstarted(self) -> None:
         """Release claimed messages that no session has taken yet, so a pause keeps none."""

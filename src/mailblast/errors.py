@@ -6,7 +6,8 @@
     ├── ConfigError                invalid campaign file or settings; carries every problem found
     ├── TemplateError              a template does not compile or uses a column the list lacks
     ├── LoadError                  the recipient list cannot be read at all (encoding, header)
-    └── StoreError                 the store cannot be opened or an outcome cannot be written
+    ├── StoreError                 the store cannot be opened or an outcome cannot be written
+    └── LeaseLostError             another run took a message over; it must not be sent
 
 Per-message SMTP outcomes are not exceptions: the relay layer turns every reply into a
 :class:`mailblast.relay.classify.Outcome` and the engine records it.
@@ -41,3 +42,10 @@ class LoadError(MailblastError):
 
 class StoreError(MailblastError):
     """The store cannot be opened, migrated or written; sending stops when this is raised."""
+
+
+class LeaseLostError(MailblastError):
+    """A run's lease on a message expired and another run took the message over.
+
+    The message's final dot is not sent: the run that took it over sends it.
+    """

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mailblast.errors import StoreError
+from mailblast.errors import LeaseLostError, StoreError
 from mailblast.store.base import LogRecord, Outcome
 
 logger = logging.getLogger("mailblast.store")
@@ -41,6 +41,7 @@ class Recorder:
         self.stopped = False
         self.committed = 0
         self.on_failure: Callable[[StoreError], None] | None = None
+        self.owner: str | None = None  # the run whose lease an in-flight mark requires
 
     async def mark_in_flight(self, message: int) -> None:
         """Return once the message's in-flight mark is durable; raise StoreError if it cannot be."""
@@ -88,8 +89,8 @@ class Recorder:
         if not (in_flight or outcomes or records):
             return
         try:
-            await self.run_in_store_thread(
-                self.store.commit_group, self.campaign_id, in_flight, outcomes, records
+            lost = await self.run_in_store_thread(
+                self.store.commit_group, self.campaign_id, in_flight, outcomes, records, self.owner
             )
         except StoreError as error:
             self.failed = error
@@ -101,6 +102,11 @@ class Recorder:
                     waiter.set_exception(error)
             raise
         self.committed += len(outcomes)
-        for waiter in waiters:
-            if not waiter.done():
+        refused = set(lost)
+        for message, waiter in zip(in_flight, waiters, strict=True):
+            if waiter.done():
+                continue
+            if message in refused:
+                waiter.set_exception(LeaseLostError(f"message {message}: lease lost"))
+            else:
                 waiter.set_result(None)

@@ -71,10 +71,20 @@ def run_status(arguments: argparse.Namespace) -> int:
     else:
         print_summary(summary)
         for run in summary.runs:
-            age = time.time() - run["heartbeat_at"]
-            where = f"on {run['host']} (pid {run['pid']})"
-            print(f"run {run['id']} {where}, last heartbeat {age:.0f}s ago")
+            print(describe_run(run, time.time()))
     return 0
+
+
+def describe_run(run: dict[str, Any], now: float) -> str:
+    """Return one line on a sending run (a worker): where it runs, its rate, its heartbeat."""
+    age = now - run["heartbeat_at"]
+    span = run["heartbeat_at"] - run["started_at"]
+    rate = run["sent"] / span if span > 0 else 0.0
+    where = f"on {run['host']} (pid {run['pid']})"
+    return (
+        f"worker {run['id']} {where}: {run['sent']} sent, {rate:.0f} msg/s,"
+        f" last heartbeat {age:.0f}s ago"
+    )
 
 
 def run_control(arguments: argparse.Namespace) -> int:

@@ -191,7 +191,8 @@ class Store(Protocol):
         in_flight: Sequence[int],
         outcomes: Sequence[Outcome],
         records: Sequence[LogRecord] = (),
-    ) -> None: ...
+        owner: str | None = None,
+    ) -> list[int]: ...
 
     def release(self, campaign_id: int, owner: str, ids: Sequence[int]) -> None: ...
 

@@ -34,6 +34,7 @@ CAMPAIGN_COLUMNS = (
     "id, name, settings, status, status_reason, created_at, started_at, finished_at, loaded_at,"
     " load_line, rows_read, rows_rejected, rows_duplicate, rows_suppressed"
 )
+UNLIMITED = 2**62  # a daily quota no relay reaches, so that one query serves both cases
 CLAIM = (
     "UPDATE messages SET state = 'sending', lease_owner = ?, lease_until = ?"
     " WHERE id IN (SELECT id FROM messages WHERE campaign_id = ?"
@@ -85,6 +86,7 @@ class SQLStore:
     db: Any
     errors: tuple[type[Exception], ...] = ()
     claim_lock = ""
+    shared = False  # True when workers on several machines may use the store at once
 
     def _sql(self, text: str) -> str:
         """Return the query in the driver's placeholder style."""
@@ -120,6 +122,13 @@ class SQLStore:
                 return function(*args)
         except self.errors as error:
             raise StoreError(f"{operation} failed in store {self.path}: {error}") from error
+
+    def _write_soon(self, operation: str, function: Any, *args: Any) -> Any:
+        """Like _write, for bookkeeping whose loss in a database crash does no harm.
+
+        A backend may return before the commit is on disk (PostgreSQL's asynchronous commit).
+        """
+        return self._write(operation, function, *args)
 
     def close(self) -> None:
         self.db.close()
@@ -268,13 +277,20 @@ class SQLStore:
         return result
 
     def renew_lease(self, campaign_id: int, owner: str, lease_until: float) -> None:
-        self._write(
-            "renewing the lease",
-            self._execute,
-            "UPDATE messages SET lease_until = ? WHERE campaign_id = ? AND lease_owner = ?"
-            " AND state = 'sending'",
-            (lease_until, campaign_id, owner),
-        )
+        """Extend the lease on the run's claimed messages and on its relay connection slots."""
+
+        def run() -> None:
+            self._execute(
+                "UPDATE messages SET lease_until = ? WHERE campaign_id = ? AND lease_owner = ?"
+                " AND state = 'sending'",
+                (lease_until, campaign_id, owner),
+            )
+            self._execute(
+                "UPDATE relay_slots SET lease_until = ? WHERE campaign_id = ? AND owner = ?",
+                (lease_until, campaign_id, owner),
+            )
+
+        self._write("renewing the lease", run)
 
     def commit_group(
         self,
@@ -282,12 +298,30 @@ class SQLStore:
         in_flight: Sequence[int],
         outcomes: Sequence[Outcome],
         records: Sequence[LogRecord] = (),
-    ) -> None:
+        owner: str | None = None,
+    ) -> list[int]:
+        """Write in-flight marks, outcomes and log records in one transaction.
+
+        With ``owner``, a message is marked in flight only while that run holds its lease.
+        Returns the messages whose mark was refused: another run took them over after the
+        lease expired, so their final dot must not be sent.
+        """
+        lost: list[int] = []
+
         def run() -> None:
-            if in_flight:
+            if in_flight and owner is None:
                 self._executemany(
                     "UPDATE messages SET in_flight = 1 WHERE id = ?", [(i,) for i in in_flight]
                 )
+            elif in_flight:
+                marks = ",".join("?" * len(in_flight))
+                marked = self._execute(
+                    f"UPDATE messages SET in_flight = 1 WHERE id IN ({marks})"
+                    " AND lease_owner = ? AND state = 'sending' RETURNING id",
+                    (*in_flight, owner),
+                ).fetchall()
+                held = {row[0] for row in marked}
+                lost.extend(i for i in in_flight if i not in held)
             self._executemany(
                 "UPDATE messages SET state = ?, attempts = ?, due_at = ?, first_attempt_at = ?,"
                 " in_flight = 0, lease_owner = NULL, lease_until = NULL, relay = ?,"
@@ -313,6 +347,7 @@ class SQLStore:
             self._executemany(LOG_INSERT, log)
 
         self._write("recording outcomes", run)
+        return lost
 
     def release(self, campaign_id: int, owner: str, ids: Sequence[int]) -> None:
         """Return claimed messages that were never attempted to the queue (clean stop)."""
@@ -512,7 +547,7 @@ class SQLStore:
 
     def heartbeat(self, run_id: str, now: float, sent: int | None = None) -> None:
         """Record that the run is alive and, when given, how many messages it has sent."""
-        self._write(
+        self._write_soon(
             "updating the heartbeat",
             self._execute,
             "UPDATE runs SET heartbeat_at = ?, sent = COALESCE(?, sent) WHERE id = ?",
@@ -538,3 +573,93 @@ class SQLStore:
             (campaign_id,),
         ).fetchall()
         return [row[0] for row in rows]
+
+    # Relay limits shared by every run of a campaign
+
+    def prepare_relays(self, campaign_id: int, relays: Sequence[tuple[str, int]]) -> None:
+        """Create each relay's connection slots (``max_connections`` rows) and budget row."""
+
+        def run() -> None:
+            for name, slots in relays:
+                self._executemany(
+                    "INSERT INTO relay_slots (campaign_id, relay, slot) VALUES (?, ?, ?)"
+                    " ON CONFLICT (campaign_id, relay, slot) DO NOTHING",
+                    [(campaign_id, name, slot) for slot in range(slots)],
+                )
+                self._execute(
+                    "DELETE FROM relay_slots WHERE campaign_id = ? AND relay = ? AND slot >= ?",
+                    (campaign_id, name, slots),
+                )
+                self._execute(
+                    "INSERT INTO relay_budget (campaign_id, relay) VALUES (?, ?)"
+                    " ON CONFLICT (campaign_id, relay) DO NOTHING",
+                    (campaign_id, name),
+                )
+
+        self._write("preparing the relay limits", run)
+
+    def acquire_slot(
+        self, campaign_id: int, relay: str, owner: str, now: float, lease_until: float
+    ) -> int | None:
+        """Take a free connection slot of the relay (or one whose lease expired); None if none."""
+
+        def run() -> int | None:
+            row = self._execute(
+                "UPDATE relay_slots SET owner = ?, lease_until = ? WHERE campaign_id = ?"
+                " AND relay = ? AND slot = (SELECT slot FROM relay_slots WHERE campaign_id = ?"
+                " AND relay = ? AND (owner IS NULL OR lease_until < ?) ORDER BY slot LIMIT 1"
+                f"{self.claim_lock}) RETURNING slot",
+                (owner, lease_until, campaign_id, relay, campaign_id, relay, now),
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        result: int | None = self._write_soon("taking a connection slot", run)
+        return result
+
+    def release_slot(self, campaign_id: int, relay: str, slot: int, owner: str) -> None:
+        self._write_soon(
+            "releasing a connection slot",
+            self._execute,
+            "UPDATE relay_slots SET owner = NULL, lease_until = NULL WHERE campaign_id = ?"
+            " AND relay = ? AND slot = ? AND owner = ?",
+            (campaign_id, relay, slot, owner),
+        )
+
+    def release_slots(self, campaign_id: int, owner: str) -> None:
+        self._write_soon(
+            "releasing connection slots",
+            self._execute,
+            "UPDATE relay_slots SET owner = NULL, lease_until = NULL WHERE campaign_id = ?"
+            " AND owner = ?",
+            (campaign_id, owner),
+        )
+
+    def take_send_budget(
+        self,
+        campaign_id: int,
+        relay: str,
+        now: float,
+        interval: float,
+        quota: int | None,
+        day: str,
+    ) -> float | None:
+        """Count one message against the relay's rate and daily quota.
+
+        Returns the time the message may be sent (``interval`` seconds after the previous one
+        of any run, and not before ``now``), or None when ``quota`` messages were already
+        counted on ``day``.
+        """
+
+        def run() -> float | None:
+            row = self._execute(
+                "UPDATE relay_budget SET"
+                " sent_today = CASE WHEN day = ? THEN sent_today + 1 ELSE 1 END, day = ?,"
+                " next_at = CASE WHEN next_at > ? THEN next_at ELSE ? END + ?"
+                " WHERE campaign_id = ? AND relay = ? AND (day <> ? OR sent_today < ?)"
+                " RETURNING next_at",
+                (day, day, now, now, interval, campaign_id, relay, day, quota or UNLIMITED),
+            ).fetchone()
+            return None if row is None else float(row[0]) - interval
+
+        result: float | None = self._write_soon("counting a message against the relay limits", run)
+        return result
