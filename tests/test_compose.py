@@ -17,9 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailblast.compose import Composer, compose_slow, message_id_for
-from mailblast.config import Campaign, parse_campaign
+from mailblast.config import Campaign, UnsubscribeSettings, parse_campaign
 from mailblast.errors import TemplateError
 from mailblast.render import CompiledTemplates
+from mailblast.unsubscribe import UnsubscribeLinks
 
 NOW = 1716199200.0  # Mon, 20 May 2024 10:00:00 UTC
 BARE_LINE_END = re.compile(rb"\r(?!\n)|(?<!\r)\n")
@@ -459,12 +460,16 @@ def test_unsubscribe_url_required(tmp_path: Path) -> None:
 def test_unsubscribe_url_rendered(tmp_path: Path) -> None:
     campaign = make_campaign(tmp_path, text_template="Leave: {{ unsubscribe_url }}\n")
     templates = CompiledTemplates(campaign.templates, COLUMNS)
-    composer = Composer(campaign, templates, unsubscribe_url="https://example.com/u/{token}")
+    settings = UnsubscribeSettings(url="https://example.com/u")
+    links = UnsubscribeLinks(settings, campaign.name, b"0123456789abcdef")
+    composer = Composer(campaign, templates, unsubscribe=links)
     fields = {"name": "Ann", "subject": "Hi", "body": "b"}
 
     data = composer.compose("k", "ann@example.com", fields, False, "t42", now=NOW).data
 
-    assert b"Leave: https://example.com/u/t42\r\n" in data
+    url = links.url("ann@example.com")
+    assert url.startswith("https://example.com/u?token=")
+    assert f"Leave: {url}\r\n".encode() in data
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from mailblast.render import CompiledTemplates
 from mailblast.store import open_store
 from mailblast.store.base import MESSAGE_STATES, CampaignRow
 from mailblast.store.sqlite import SQLiteStore
+from mailblast.unsubscribe import UnsubscribeLinks
 
 logger = logging.getLogger("mailblast.engine")
 
@@ -62,9 +63,17 @@ def prepare(campaign: Campaign) -> tuple[SQLiteStore, CampaignRow, Composer]:
     templates = compile_templates(campaign)
     for relay in campaign.relays:
         relay.password()  # an unset variable or unreadable file stops here, before any load
+    unsubscribe = unsubscribe_links(campaign)
     store = open_store(campaign.store)
     row = store.upsert_campaign(campaign.name, campaign.to_dict(), time.time())
-    return store, row, Composer(campaign, templates)
+    return store, row, Composer(campaign, templates, unsubscribe=unsubscribe)
+
+
+def unsubscribe_links(campaign: Campaign) -> UnsubscribeLinks | None:
+    """Build the campaign's unsubscribe links; reading the secret raises ConfigError if unset."""
+    if campaign.unsubscribe is None:
+        return None
+    return UnsubscribeLinks(campaign.unsubscribe, campaign.name, campaign.unsubscribe.secret())
 
 
 def load_if_needed(
@@ -199,7 +208,9 @@ def first_recipients(campaign: Campaign, limit: int) -> Iterator[Recipient]:
 
 def preview(campaign: Campaign, row_number: int = 1) -> bytes:
     """Return the exact bytes the ``row_number``-th accepted recipient would get."""
-    composer = Composer(campaign, compile_templates(campaign))
+    composer = Composer(
+        campaign, compile_templates(campaign), unsubscribe=unsubscribe_links(campaign)
+    )
     found = list(first_recipients(campaign, row_number))
     if len(found) < row_number:
         raise MailblastError(
@@ -219,7 +230,9 @@ def send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[tuple[str,
 
 async def _send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[tuple[str, bool]]:
     """Send proofs over the first relay that accepts a session; return (line, accepted) pairs."""
-    composer = Composer(campaign, compile_templates(campaign))
+    composer = Composer(
+        campaign, compile_templates(campaign), unsubscribe=unsubscribe_links(campaign)
+    )
     results = []
     for relay in campaign.relays:
         connection = RelayConnection(relay)

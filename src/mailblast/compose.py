@@ -28,6 +28,7 @@ import idna
 from mailblast.config import Campaign
 from mailblast.errors import TemplateError
 from mailblast.render import CompiledTemplates, Rendered
+from mailblast.unsubscribe import UnsubscribeLinks
 
 CRLF = b"\r\n"
 MAX_LINE = 78  # RFC 5322 section 2.1.1: lines SHOULD be at most 78 characters
@@ -73,9 +74,9 @@ class Composed:
 class Composer:
     """Render and assemble the messages of one campaign.
 
-    ``hostname`` replaces the From domain on the right of the Message-ID. ``unsubscribe_url``
-    is the value of the template variable of that name. As in the envelope sender, ``{token}``
-    in it becomes the message's token.
+    ``hostname`` replaces the From domain on the right of the Message-ID. ``unsubscribe``
+    makes the recipient's unsubscribe URL, the value of the template variable
+    ``unsubscribe_url``.
     """
 
     def __init__(
@@ -84,13 +85,13 @@ class Composer:
         templates: CompiledTemplates,
         *,
         hostname: str | None = None,
-        unsubscribe_url: str | None = None,
+        unsubscribe: UnsubscribeLinks | None = None,
     ) -> None:
-        if unsubscribe_url is None:
+        if unsubscribe is None:
             _require_no_unsubscribe_url(templates)
         self._campaign = campaign
         self._templates = templates
-        self._unsubscribe_url = unsubscribe_url
+        self._unsubscribe = unsubscribe
         self._message_id_domain = _ascii_domain(hostname or campaign.from_domain)
         self._from_line = _fold_with_library("From", campaign.from_header)
 
@@ -127,7 +128,7 @@ class Composer:
         utf8 = smtputf8 or not address.isascii()
         message_id = message_id_for(self._campaign.name, message_key, self._message_id_domain)
         envelope_sender = _envelope_sender(self._campaign.envelope_sender, token)
-        extra = _builtin_values(self._campaign, address, message_id, self._unsubscribe_url, token)
+        extra = _builtin_values(self._campaign, address, message_id, self._unsubscribe)
         rendered = self._templates.render(fields, extra)
 
         data = b"".join(
@@ -249,11 +250,11 @@ def _envelope_sender(template: str, token: str) -> str:
 
 
 def _builtin_values(
-    campaign: Campaign, address: str, message_id: str, unsubscribe_url: str | None, token: str
+    campaign: Campaign, address: str, message_id: str, unsubscribe: UnsubscribeLinks | None
 ) -> dict[str, str]:
     values = {"email": address, "campaign": campaign.name, "message_id": message_id}
-    if unsubscribe_url is not None:
-        values["unsubscribe_url"] = unsubscribe_url.replace("{token}", token)
+    if unsubscribe is not None:
+        values["unsubscribe_url"] = unsubscribe.url(address)
     return values
 
 
@@ -418,7 +419,7 @@ def compose_slow(
     now: float | None = None,
     *,
     hostname: str | None = None,
-    unsubscribe_url: str | None = None,
+    unsubscribe: UnsubscribeLinks | None = None,
 ) -> bytes:
     """Build the message that Composer.compose builds, with email.message.EmailMessage.
 
@@ -427,7 +428,7 @@ def compose_slow(
     """
     utf8 = smtputf8 or not address.isascii()
     message_id = message_id_for(campaign.name, message_key, hostname or campaign.from_domain)
-    extra = _builtin_values(campaign, address, message_id, unsubscribe_url, token)
+    extra = _builtin_values(campaign, address, message_id, unsubscribe)
     rendered = templates.render(fields, extra)
     timestamp = int(time.time() if now is None else now)
 

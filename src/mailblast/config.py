@@ -14,6 +14,7 @@ from email.headerregistry import Address
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mailblast.errors import ConfigError
 from mailblast.units import parse_duration, parse_rate
@@ -45,27 +46,32 @@ class RelaySettings:
 
     def password(self) -> str | None:
         """Read the relay password from its environment variable or file at send time."""
-        if self.password_env:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ConfigError(
-                    [
-                        f"relay {self.name!r}: environment variable {self.password_env} is not"
-                        f" set; export it or use password_file"
-                    ]
-                )
-            return value
-        if self.password_file:
-            try:
-                return Path(self.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as error:
-                raise ConfigError(
-                    [
-                        f"relay {self.name!r}: cannot read password_file {self.password_file}:"
-                        f" {error.strerror}"
-                    ]
-                ) from error
-        return None
+        return read_secret(
+            self.password_env, self.password_file, f"relay {self.name!r}", "password"
+        )
+
+
+def read_secret(env: str | None, file: str | None, owner: str, name: str) -> str | None:
+    """Read a secret from the named environment variable or file; None when neither is set.
+
+    ``owner`` and ``name`` only label the error, for example ``relay 'a'`` and ``password``.
+    Raises ConfigError naming the variable or file, never the value.
+    """
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(
+                [f"{owner}: environment variable {env} is not set; export it or use {name}_file"]
+            )
+        return value
+    if file:
+        try:
+            return Path(file).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as error:
+            raise ConfigError(
+                [f"{owner}: cannot read {name}_file {file}: {error.strerror}"]
+            ) from error
+    return None
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,42 @@ class SendingSettings:
     error_window: int = 200  # ... the last error_window attempts
 
 
+DEFAULT_UNSUBSCRIBE_SECRET_ENV = "MAILBLAST_UNSUBSCRIBE_SECRET"
+
+
+@dataclass(frozen=True)
+class UnsubscribeSettings:
+    """One-click unsubscribe (RFC 8058): the URL base, an optional mailto and the token secret."""
+
+    url: str  # https URL; "token=<token>" is appended as a query parameter
+    mailto: str | None = None  # addr-spec for the mailto: entry of List-Unsubscribe
+    secret_env: str | None = DEFAULT_UNSUBSCRIBE_SECRET_ENV
+    secret_file: str | None = None
+
+    def secret(self) -> bytes:
+        """Read the HMAC secret of the tokens at send time; raise ConfigError when unset."""
+        value = read_secret(self.secret_env, self.secret_file, "unsubscribe", "secret")
+        if value is None:  # parse_campaign ensures one of the two is set
+            raise ConfigError(["unsubscribe: set secret_env or secret_file"])
+        return check_unsubscribe_secret(value, "unsubscribe")
+
+
+MIN_SECRET_LENGTH = 16
+
+
+def check_unsubscribe_secret(value: str, owner: str) -> bytes:
+    """Return the secret as bytes; raise ConfigError when it is too short to resist guessing."""
+    secret = value.encode("utf-8")
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            [
+                f"{owner}: the unsubscribe secret has {len(secret)} bytes; use at least"
+                f" {MIN_SECRET_LENGTH} random bytes, for example from `openssl rand -hex 32`"
+            ]
+        )
+    return secret
+
+
 @dataclass(frozen=True)
 class Templates:
     """Template sources as loaded; the store keeps these so a campaign can be resumed by name."""
@@ -120,6 +162,7 @@ class Campaign:
     recipients: RecipientSettings
     relays: tuple[RelaySettings, ...]
     sending: SendingSettings = field(default_factory=SendingSettings)
+    unsubscribe: UnsubscribeSettings | None = None
     store: str = "mailblast.db"
     base_dir: str = "."
 
@@ -135,6 +178,8 @@ class Campaign:
         values["recipients"] = RecipientSettings(**values["recipients"])
         values["sending"] = SendingSettings(**values["sending"])
         values["relays"] = tuple(RelaySettings(**relay) for relay in values["relays"])
+        if values.get("unsubscribe") is not None:
+            values["unsubscribe"] = UnsubscribeSettings(**values["unsubscribe"])
         return cls(**values)
 
     @property
@@ -173,7 +218,8 @@ _SENDING_KEYS = {
     "error_window",
 }
 _RELAY_KEYS = {f for f in RelaySettings.__dataclass_fields__}
-_TOP_KEYS = {"campaign", "recipients", "relay", "sending"}
+_UNSUBSCRIBE_KEYS = {"url", "mailto", "secret_env", "secret_file"}
+_TOP_KEYS = {"campaign", "recipients", "relay", "sending", "unsubscribe"}
 
 
 class _Problems:
@@ -324,6 +370,7 @@ def parse_campaign(data: dict[str, Any], base_dir: Path, source: str) -> Campaig
     recipients = _read_recipients(data, base_dir, problems)
     sending = _read_sending(data, problems)
     relays = _read_relays(data, base_dir, problems)
+    unsubscribe = _read_unsubscribe(data, base_dir, problems)
 
     if problems.items:
         raise ConfigError(problems.items)
@@ -338,9 +385,60 @@ def parse_campaign(data: dict[str, Any], base_dir: Path, source: str) -> Campaig
         recipients=recipients,
         relays=tuple(relays),
         sending=sending,
+        unsubscribe=unsubscribe,
         store=store,
         base_dir=str(base_dir),
     )
+
+
+def _read_unsubscribe(
+    data: dict[str, Any], base_dir: Path, problems: _Problems
+) -> UnsubscribeSettings | None:
+    table = _get(data, "unsubscribe", dict, problems, "unsubscribe")
+    if table is None:
+        return None
+    problems.unknown(table, _UNSUBSCRIBE_KEYS, "unsubscribe.")
+
+    url = _get(table, "url", str, problems, "unsubscribe.url", required=True)
+    if url is not None:
+        _check_unsubscribe_url(url, problems)
+    mailto = _get(table, "mailto", str, problems, "unsubscribe.mailto")
+    if mailto is not None:
+        parsed = _parse_mailbox(mailto, "unsubscribe.mailto", problems)
+        mailto = parsed[1] if parsed else None
+
+    secret_env = _get(table, "secret_env", str, problems, "unsubscribe.secret_env")
+    secret_file = _get(table, "secret_file", str, problems, "unsubscribe.secret_file")
+    if secret_env and secret_file:
+        problems.add("unsubscribe.secret_env", "set secret_env or secret_file, not both")
+    if not secret_file:
+        secret_env = secret_env or DEFAULT_UNSUBSCRIBE_SECRET_ENV
+    return UnsubscribeSettings(
+        url=url or "",
+        mailto=mailto,
+        secret_env=None if secret_file else secret_env,
+        secret_file=_resolve(base_dir, secret_file) if secret_file else None,
+    )
+
+
+_LOOPBACK_HOSTS = {"127.0.0.1", "::1", "[::1]", "localhost"}
+
+
+def _check_unsubscribe_url(url: str, problems: _Problems) -> None:
+    parts = urlsplit(url)
+    # Mailbox providers only offer one-click unsubscribe for https. Plain http is accepted for
+    # a loopback host so that `mailblast serve` can be tried without a certificate.
+    loopback = parts.scheme == "http" and (parts.hostname or "") in _LOOPBACK_HOSTS
+    if parts.scheme != "https" and not loopback:
+        problems.add("unsubscribe.url", f"{url!r} is not an https:// URL")
+    elif not parts.hostname:
+        problems.add("unsubscribe.url", f"{url!r} has no host name")
+    elif parts.fragment or any(ch.isspace() or ch in '<>"' for ch in url):
+        problems.add(
+            "unsubscribe.url", f"{url!r} must not contain a fragment, spaces, quotes or < >"
+        )
+    elif "token=" in parts.query:
+        problems.add("unsubscribe.url", f"{url!r} already has a token parameter; remove it")
 
 
 def _read_templates(table: dict[str, Any], base_dir: Path, problems: _Problems) -> Templates | None:
