@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from mailblast.cli.main import main
 from mailblast.dkimkey import LocalDkimKey, load_local_key
@@ -112,6 +114,19 @@ def test_ed25519_key_matches(server: LocalDnsServer, tmp_path: Path) -> None:
     assert len(local.key.data) == 32
 
 
+def test_rsa_pkcs1_record_matches(server: LocalDnsServer, rsa_key_file: Path) -> None:
+    public = load_pem_private_key(rsa_key_file.read_bytes(), None).public_key()
+    pkcs1 = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+    server.records.remove("s1._domainkey.example.com", "TXT")
+    record = f"v=DKIM1; k=rsa; p={base64.b64encode(pkcs1).decode()}"
+    server.records.add("s1._domainkey.example.com", "TXT", txt(record))
+
+    finding = only(run_check(server, rsa_key_file), "DKIM")
+
+    assert finding.status is Status.OK
+    assert "RSA 2048-bit key matches" in finding.detail
+
+
 def test_wrong_dkim_key_error(server: LocalDnsServer, other_rsa_key_file: Path) -> None:
     finding = only(run_check(server, other_rsa_key_file), "DKIM")
 
@@ -196,6 +211,29 @@ def test_too_many_spf_lookups_error(server: LocalDnsServer, rsa_key_file: Path) 
     evaluation = only(findings, "SPF", "example.com for 192.0.2.25")
     assert evaluation.status is Status.ERROR
     assert "result permerror" in evaluation.detail
+
+
+def test_spf_plus_all_warning(server: LocalDnsServer, rsa_key_file: Path) -> None:
+    server.records.remove("example.com", "TXT")
+    server.records.add("example.com", "TXT", '"v=spf1 ip4:192.0.2.25 +all"')
+
+    findings = run_check(server, rsa_key_file, ["192.0.2.25"])
+
+    warning = [f for f in findings if f.status is Status.WARNING and f.check == "SPF"]
+    assert len(warning) == 1
+    assert "+all authorizes every host" in warning[0].detail
+    assert warning[0].fix.startswith("end the record with -all")
+
+
+def test_spf_void_lookups_permerror(server: LocalDnsServer) -> None:
+    record = '"v=spf1 a:gone1.example.com a:gone2.example.com a:gone3.example.com -all"'
+    server.records.add("void.example.com", "TXT", record)
+    evaluator = SpfEvaluator(Lookups(make_resolver(server.nameserver)))
+
+    evaluation = evaluator.check_host(ipaddress.ip_address("192.0.2.25"), "void.example.com")
+
+    assert evaluation.result == "permerror"
+    assert "void lookup limit" in evaluation.reason
 
 
 def test_missing_ptr_error(server: LocalDnsServer, rsa_key_file: Path) -> None:

@@ -205,3 +205,21 @@ def test_relays_probe_bad_count(
 
     assert code == 2
     assert f"invalid --messages {count}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (["dns", "check"], "--nameserver IP[:PORT]"),
+        (["plan"], "--within DURATION"),
+        (["relays", "probe"], "--messages N"),
+    ],
+)
+def test_new_commands_have_help(
+    command: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"])
+
+    assert exited.value.code == 0
+    assert expected in capsys.readouterr().out

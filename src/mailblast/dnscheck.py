@@ -25,7 +25,9 @@ from mailblast.spf import (
     DnsLookupError,
     SpfEvaluator,
     SpfPermError,
+    Term,
     count_lookups,
+    parse_record,
     spf_records,
 )
 
@@ -157,7 +159,18 @@ def check_spf(
         detail = f"{len(records)} SPF records; receivers treat this as permerror"
         return [Finding("SPF", domain, Status.ERROR, detail, "merge them into one TXT record")]
     findings = [_spf_lookup_count(domain, lookups, records[0])]
+    if any(term.name == "all" and term.qualifier == "+" for term in _terms(records[0])):
+        detail = f"{records[0]}: +all authorizes every host on the internet to send as {domain}"
+        fix = "end the record with -all (or ~all while testing)"
+        findings.append(Finding("SPF", domain, Status.WARNING, detail, fix))
     return findings + [_spf_covers(domain, lookups, address) for address in addresses]
+
+
+def _terms(record: str) -> list[Term]:
+    try:
+        return parse_record(record)
+    except SpfPermError:
+        return []  # reported by the lookup count
 
 
 def _spf_term(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:

@@ -1,10 +1,10 @@
 """SPF evaluation (RFC 7208) for the DNS check: does a domain's policy authorize an IP address?
 
 It implements check_host() for the mechanisms all, include, a, mx, ip4, ip6 and exists, the
-redirect modifier, qualifiers, CIDR lengths, and the limit of 10 DNS-querying terms per
-evaluation (section 4.6.4), past which the result is permerror. It counts the terms of the
-whole record tree too, because a record that passes for one address can exceed the limit for
-another.
+redirect modifier, qualifiers and CIDR lengths. Past the limits of section 4.6.4 (10
+DNS-querying terms, 2 lookups with an empty answer) the result is permerror. It counts the
+terms of the whole record tree too, because a record that passes for one address can exceed
+the limit for another.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 LOOKUP_LIMIT = 10  # RFC 7208 section 4.6.4
+VOID_LOOKUP_LIMIT = 2  # the same section's limit on lookups that find no records
 LOOKUP_TERMS = ("include", "a", "mx", "ptr", "exists", "redirect")
 QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
 
@@ -114,6 +115,7 @@ class SpfEvaluator:
     def __init__(self, lookup: Lookup) -> None:
         self.lookup = lookup
         self.lookups = 0
+        self.void_lookups = 0
         self.unchecked: list[str] = []
 
     def check_host(self, ip: IpAddress, domain: str) -> Evaluation:
@@ -145,6 +147,18 @@ class SpfEvaluator:
             return self._check(ip, redirect)
         return "neutral"
 
+    def _term_lookup(self, name: str, rdtype: str) -> list[str]:
+        """Look up a name for a mechanism, counting void answers (RFC 7208 section 4.6.4)."""
+        records = self.lookup(name, rdtype)
+        if not records:
+            self.void_lookups += 1
+            if self.void_lookups > VOID_LOOKUP_LIMIT:
+                raise SpfPermError(
+                    f"more than {VOID_LOOKUP_LIMIT} lookups with an empty answer (at {name}"
+                    f" {rdtype}), the void lookup limit of RFC 7208"
+                )
+        return records
+
     def _count(self, term: str) -> None:
         self.lookups += 1
         if self.lookups > LOOKUP_LIMIT:
@@ -171,17 +185,19 @@ class SpfEvaluator:
         if term.name == "mx":
             return self._mx_matches(ip, target, term)
         if term.name == "exists":
-            return bool(self.lookup(target, "A"))
+            return bool(self._term_lookup(target, "A"))
         self.unchecked.append(f"ptr:{target} (deprecated by RFC 7208, not evaluated)")
         return False
 
     def _address_matches(self, ip: IpAddress, host: str, term: Term) -> bool:
         rdtype = "A" if ip.version == 4 else "AAAA"
         prefix = term.cidr4 if ip.version == 4 else term.cidr6
-        return any(_network_contains(address, prefix, ip) for address in self.lookup(host, rdtype))
+        return any(
+            _network_contains(address, prefix, ip) for address in self._term_lookup(host, rdtype)
+        )
 
     def _mx_matches(self, ip: IpAddress, domain: str, term: Term) -> bool:
-        exchanges = self.lookup(domain, "MX")
+        exchanges = self._term_lookup(domain, "MX")
         if len(exchanges) > LOOKUP_LIMIT:
             raise SpfPermError(f"{domain} has more than {LOOKUP_LIMIT} MX hosts (RFC 7208 4.6.4)")
         return any(self._address_matches(ip, host, term) for host in exchanges)
