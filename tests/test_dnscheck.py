@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -264,6 +265,21 @@ def test_missing_mx_error(server: LocalDnsServer, rsa_key_file: Path) -> None:
 
     assert finding.status is Status.ERROR
     assert "MX records" in finding.fix
+
+
+def test_silent_nameserver_errors() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        nameserver = f"127.0.0.1:{silent.getsockname()[1]}"
+        lookups = Lookups(make_resolver(nameserver, timeout=0.2))
+
+        findings = check_domain(DOMAIN, lookups, "s1", None, ["192.0.2.25"])
+
+    assert {f.check for f in findings} == {"SPF", "DKIM", "DMARC", "MX", "PTR"}
+    for finding in findings:
+        assert finding.status is Status.ERROR
+        assert "timed out" in finding.detail
+        assert finding.fix.startswith("make sure the nameserver answers")
 
 
 @pytest.mark.parametrize(

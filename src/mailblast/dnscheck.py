@@ -57,7 +57,7 @@ class Finding:
         return {key: str(value) for key, value in asdict(self).items()}
 
 
-def make_resolver(nameserver: str | None) -> dns.resolver.Resolver:
+def make_resolver(nameserver: str | None, timeout: float = LOOKUP_TIMEOUT) -> dns.resolver.Resolver:
     """Return the system's resolver, or one that queries only ``nameserver`` (IP or IP:PORT)."""
     if nameserver is None:
         resolver = dns.resolver.Resolver()
@@ -66,7 +66,7 @@ def make_resolver(nameserver: str | None) -> dns.resolver.Resolver:
         resolver = dns.resolver.Resolver(configure=False)
         resolver.nameservers = [host]
         resolver.port = port
-    resolver.lifetime = LOOKUP_TIMEOUT
+    resolver.lifetime = timeout
     return resolver
 
 
