@@ -148,7 +148,7 @@ class SpfEvaluator:
         return "neutral"
 
     def _term_lookup(self, name: str, rdtype: str) -> list[str]:
-        """Look up a name for a mechanism, counting void answers (RFC 7208 section 4.6.4)."""
+        """Look up a name for a mechanism, counting void lookups (RFC 7208 section 4.6.4)."""
         records = self.lookup(name, rdtype)
         if not records:
             self.void_lookups += 1
