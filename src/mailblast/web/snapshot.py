@@ -137,7 +137,7 @@ def deferred_panel(store: Store, row: CampaignRow, now: float) -> dict[str, Any]
             "relay": message.relay,
             "code": message.code,
             "status": message.status,
-            "reply": message.reply,
+            "text": message.reply,
         }
         for message in store.next_deferred(row.id, NEXT_DEFERRED)
     ]
