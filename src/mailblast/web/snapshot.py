@@ -23,7 +23,7 @@ from mailblast.store.base import (
 # Relay health and the sending rate cover the delivery records of this many recent seconds.
 WINDOW_SECONDS = 60.0
 # Each relay's last problem is looked for in this many recent seconds.
-PROBLEM_WINDOW_SECONDS = 900.0
+PROBLEM_WINDOW_SECONDS = 300.0
 # Upper bounds (seconds from now) of the due-time buckets of deferred messages.
 DUE_BOUNDS = (0.0, 60.0, 600.0, 3600.0)
 DUE_LABELS = ("due now", "within 1 min", "1 to 10 min", "10 to 60 min", "later")
