@@ -1,9 +1,9 @@
 """Time the dashboard's store queries on a synthetic store with a million messages.
 
-Builds a SQLite store with one campaign of ``--messages`` messages (70 % sent, 20 % queued,
-5 % deferred and due over the next hour, the rest bounced, failed or sending) and one delivery
-record for each sent, deferred, bounced and failed message, spread over the last 2,000 seconds
-across three relays. It then times, in the same process and on the same file:
+Builds a SQLite store with one campaign of ``--messages`` messages: 70 % sent, 20 % queued,
+5 % deferred and due over the next hour, the rest bounced, failed or sending. Each sent,
+deferred, bounced and failed message has one delivery record, spread over the last 2,000
+seconds across three relays. It then times, in the same process and on the same file:
 
 - ``dashboard_snapshot``: what one poll of the dashboard's JSON feed reads;
 - the reference, ``blast.summarise``: what one ``mailblast status`` reads.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +43,17 @@ def store_status(store: Path, name: str = "spring-gala") -> dict[str, object]:
     return dict(json.loads(result.stdout))
 
 
+def campaign_status(store: Path, name: str = "spring-gala") -> str:
+    """Return the campaign's status as the store has it, without starting a process."""
+    opened = open_store(str(store), read_only=True)
+    try:
+        row = opened.get_campaign(name)
+        assert row is not None
+        return row.status
+    finally:
+        opened.close()
+
+
 def sent_campaign(directory: Path, sink: ThreadedSink, count: int = 60) -> Path:
     """Send a campaign once with --no-wait, leaving its deferred messages queued; return the
     store's path. One extra deferral record carries MARKUP_REPLY."""
@@ -53,6 +65,19 @@ def sent_campaign(directory: Path, sink: ThreadedSink, count: int = 60) -> Path:
     store = directory / "mailblast.db"
     add_markup_record(store)
     return store
+
+
+def build_sent_store(directory: Path) -> Path:
+    """Run :func:`sent_campaign` against a sink of its own; return the store's path."""
+    with ThreadedSink("127.0.0.1", 0) as sink:
+        return sent_campaign(directory, sink)
+
+
+def copy_store(store: Path, directory: Path) -> Path:
+    """Copy a closed store (its WAL already checkpointed) so a test may change the copy."""
+    copy = directory / store.name
+    shutil.copyfile(store, copy)
+    return copy
 
 
 def add_markup_record(store_path: Path) -> None:

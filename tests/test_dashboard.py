@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from dashboard_campaigns import CONTROL_TOKEN, MARKUP_REPLY, sent_campaign, store_status
-from mailblast.sink import ThreadedSink
+from dashboard_campaigns import (
+    CONTROL_TOKEN,
+    MARKUP_REPLY,
+    build_sent_store,
+    campaign_status,
+    copy_store,
+    store_status,
+)
 from serving import serving
 
 TOKEN = {"MAILBLAST_CONTROL_TOKEN": CONTROL_TOKEN}
 AUTHORIZED = {"X-Mailblast-Token": CONTROL_TOKEN}
 
 
+@pytest.fixture(scope="module")
+def sent_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_sent_store(tmp_path_factory.mktemp("sent"))
+
+
 @pytest.fixture
-def store(tmp_path: Path, start_sink: Callable[..., ThreadedSink]) -> Path:
-    return sent_campaign(tmp_path, start_sink())
+def store(sent_store: Path, tmp_path: Path) -> Path:
+    return copy_store(sent_store, tmp_path)
 
 
 def test_feed_matches_status(store: Path) -> None:
@@ -95,7 +105,7 @@ def test_control_needs_token(store: Path) -> None:
     assert "autumn-ball" in unknown.json()["error"]
     assert bad_action.status_code == 404
     assert by_get.status_code == 405
-    assert store_status(store)["status"] == "active"
+    assert campaign_status(store) == "active"
 
 
 def test_control_pause_resume_cancel(store: Path) -> None:
@@ -104,9 +114,9 @@ def test_control_pause_resume_cancel(store: Path) -> None:
 
     with serving(store, TOKEN) as base:
         paused = post(base, "pause")
-        status_paused = store_status(store)["status"]
+        status_paused = campaign_status(store)
         resumed = post(base, "resume")
-        status_resumed = store_status(store)["status"]
+        status_resumed = campaign_status(store)
         cancelled = post(base, "cancel")
         resumed_again = post(base, "resume")
 
@@ -134,7 +144,7 @@ def test_read_only_without_token(store: Path, monkeypatch: pytest.MonkeyPatch) -
     assert figures["control"] is False
     assert attempt.status_code == 403
     assert "read-only" in attempt.json()["error"]
-    assert store_status(store)["status"] == "active"
+    assert campaign_status(store) == "active"
 
 
 def test_control_token_from_file(store: Path, tmp_path: Path) -> None:
@@ -145,4 +155,4 @@ def test_control_token_from_file(store: Path, tmp_path: Path) -> None:
         response = httpx.post(f"{base}/api/campaigns/spring-gala/pause", headers=AUTHORIZED)
 
     assert response.status_code == 200
-    assert store_status(store)["status"] == "paused"
+    assert campaign_status(store) == "paused"

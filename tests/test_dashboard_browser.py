@@ -6,12 +6,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import Dialog, Locator, Page, expect
 
 from browser import Browser
 from dashboard_campaigns import (
     CONTROL_TOKEN,
-    sent_campaign,
+    build_sent_store,
+    campaign_status,
+    copy_store,
     slow_campaign,
     store_status,
 )
@@ -20,6 +23,11 @@ from serving import serving
 from test_reliability import running_sender, wait_for
 
 TOKEN = {"MAILBLAST_CONTROL_TOKEN": CONTROL_TOKEN}
+
+
+@pytest.fixture(scope="module")
+def sent_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_sent_store(tmp_path_factory.mktemp("sent"))
 
 
 def campaign_card(page: Page) -> Locator:
@@ -32,10 +40,8 @@ def enter_token(page: Page, token: str) -> None:
     expect(page.locator("#token-state")).to_have_text("token set for this tab")
 
 
-def test_dashboard_figures_match_status(
-    tmp_path: Path, start_sink: Callable[..., ThreadedSink], browser: Browser
-) -> None:
-    store = sent_campaign(tmp_path, start_sink())
+def test_dashboard_figures_match_status(sent_store: Path, tmp_path: Path, browser: Browser) -> None:
+    store = copy_store(sent_store, tmp_path)
     status = store_status(store)
     counts = status["counts"]
     assert isinstance(counts, dict)
@@ -82,7 +88,7 @@ def test_dashboard_pauses_running_campaign(
 
         card.locator('button[data-action="pause"]').click()
         expect(status).to_have_text("paused")
-        assert store_status(store)["status"] == "paused"
+        assert campaign_status(store) == "paused"
         time.sleep(2.5)
         paused_at = received()
         time.sleep(1.0)
@@ -123,10 +129,8 @@ def cancel_and_confirm(page: Page, card: Locator) -> None:
     card.locator('button[data-action="cancel"]').click()
 
 
-def test_dashboard_rejects_wrong_token(
-    tmp_path: Path, start_sink: Callable[..., ThreadedSink], browser: Browser
-) -> None:
-    store = sent_campaign(tmp_path, start_sink())
+def test_dashboard_rejects_wrong_token(sent_store: Path, tmp_path: Path, browser: Browser) -> None:
+    store = copy_store(sent_store, tmp_path)
 
     with serving(store, TOKEN) as base:
         page = browser.page
@@ -135,4 +139,4 @@ def test_dashboard_rejects_wrong_token(
         campaign_card(page).locator('button[data-action="pause"]').click()
         expect(page.locator("#notice")).to_have_text("Token rejected: wrong control token.")
 
-    assert store_status(store)["status"] == "active"
+    assert campaign_status(store) == "active"

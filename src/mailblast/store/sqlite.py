@@ -563,8 +563,8 @@ class SQLiteStore:
         return records[:limit]
 
     def relay_last_problems(self, campaign_id: int, since: float) -> dict[str, LogRecord]:
-        # The newest time per relay comes from an aggregate, then each record from one index
-        # lookup: cheaper than ranking every problem record of the window.
+        # An aggregate finds each relay's newest time, then one index lookup per relay reads its
+        # record. This is cheaper than ranking every problem record of the window.
         latest = self.db.execute(
             "SELECT relay, max(time) FROM delivery_log WHERE campaign_id = ?"
             f" AND type IN ({_PROBLEM_MARKS}) AND time >= ? AND relay IS NOT NULL GROUP BY relay",

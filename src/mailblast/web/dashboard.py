@@ -1,10 +1,10 @@
 """Routes of `mailblast serve`: the live dashboard at / and its control endpoints.
 
-``GET /`` returns one HTML page with its script and styles inline; the page polls
+``GET /`` returns one HTML page with its script and styles inline, and the page polls
 ``GET /api/dashboard`` for the figures. Pause, resume and cancel are ``POST
-/api/campaigns/{name}/{action}`` with the control token in the ``X-Mailblast-Token`` header:
-403 without a matching token (or when none is configured), 404 for an unknown campaign or
-action, 409 when the campaign's status does not allow the action.
+/api/campaigns/{name}/{action}`` with the control token in the ``X-Mailblast-Token`` header.
+They answer 403 without a matching token or when none is configured, 404 for an unknown
+campaign or action, and 409 when the campaign's status does not allow the action.
 """
 
 from __future__ import annotations
@@ -76,10 +76,10 @@ async def handle_control(context: ServeContext, request: Request) -> Response:
     """Check the token, then apply pause, resume or cancel to the named campaign."""
     name = request.path_params["name"]
     action = request.path_params["action"]
-    refusal = token_refusal(context.control_token, request.headers.get(TOKEN_HEADER))
-    if refusal is not None:
-        log.warning("dashboard: %s of campaign %r rejected: %s", action, name, refusal)
-        return error_response(403, refusal)
+    rejection = token_rejection(context.control_token, request.headers.get(TOKEN_HEADER))
+    if rejection is not None:
+        log.warning("dashboard: %s of campaign %r rejected: %s", action, name, rejection)
+        return error_response(403, rejection)
     if action not in ACTIONS:
         return error_response(404, f"unknown action {action!r}; use {', '.join(ACTIONS)}")
 
@@ -94,14 +94,16 @@ async def handle_control(context: ServeContext, request: Request) -> Response:
     try:
         result = await context.store.call(run)
     except ControlError as error:
+        log.warning("dashboard: %s rejected: %s", action, error)
         return error_response(409, str(error))
     if result is None:
+        log.warning("dashboard: %s of campaign %r rejected: not found in the store", action, name)
         return error_response(404, f"campaign {name!r} not found in the store")
     log.info("dashboard: campaign %s: %s requested", name, action)
     return JSONResponse(result)
 
 
-def token_refusal(expected: str | None, supplied: str | None) -> str | None:
+def token_rejection(expected: str | None, supplied: str | None) -> str | None:
     """Return why a request's token is not accepted, or None when it matches."""
     if expected is None:
         return "the dashboard is read-only: no control token is configured"
