@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from browser import browser  # noqa: F401  (the headless Chromium fixture)
 from mailblast.sink import ThreadedSink
 
 SUBJECT = "{{ first_name }}, you're invited to {{ event }}"

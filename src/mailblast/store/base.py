@@ -64,6 +64,12 @@ LOG_COLUMNS = (
 )
 
 
+# Delivery record types that report a problem, shown by the dashboard as its last errors.
+PROBLEM_TYPES = ("deferred", "bounced", "failed", "unknown", "expired")
+# SMTP steps before MAIL FROM: a deferral there means the relay itself failed, not a recipient.
+SESSION_COMMANDS = ("connect", "ehlo", "starttls", "auth")
+
+
 @dataclass(slots=True)
 class CampaignRow:
     """A campaign row of the store."""
@@ -115,6 +121,33 @@ class LogRecord:
     text: str | None = None
     duration: float | None = None
     line: int | None = None
+
+
+@dataclass(slots=True)
+class RelayActivity:
+    """Delivery records of one relay and type in a time window; ``session`` marks failures
+    before MAIL FROM (SESSION_COMMANDS)."""
+
+    relay: str
+    type: str
+    session: bool
+    count: int
+    last: float
+
+
+@dataclass(slots=True)
+class DeferredMessage:
+    """A deferred message waiting for its next attempt."""
+
+    id: int
+    line: int
+    address: str
+    attempts: int
+    due_at: float
+    relay: str | None
+    code: int | None
+    status: str | None
+    reply: str | None
 
 
 @dataclass(slots=True)
@@ -228,3 +261,16 @@ class Store(Protocol):
     def iter_log(self, campaign_id: int) -> Iterator[dict[str, Any]]: ...
 
     def relay_totals(self, campaign_id: int) -> dict[str, dict[str, Any]]: ...
+
+    # Dashboard queries: each one reads an index range or a bounded number of rows, so that a
+    # page polling every second stays cheap on a store with a million messages.
+
+    def relay_activity(self, campaign_id: int, since: float) -> list[RelayActivity]: ...
+
+    def last_problems(self, campaign_id: int, limit: int) -> list[LogRecord]: ...
+
+    def relay_last_problems(self, campaign_id: int, since: float) -> dict[str, LogRecord]: ...
+
+    def deferred_due_counts(self, campaign_id: int, bounds: Sequence[float]) -> list[int]: ...
+
+    def next_deferred(self, campaign_id: int, limit: int) -> list[DeferredMessage]: ...

@@ -67,6 +67,8 @@ CREATE TABLE IF NOT EXISTS delivery_log (
 );
 
 CREATE INDEX IF NOT EXISTS delivery_log_campaign ON delivery_log (campaign_id, id);
+-- The dashboard's recent-activity queries: records of one type in a time window.
+CREATE INDEX IF NOT EXISTS delivery_log_type_time ON delivery_log (campaign_id, type, time);
 
 CREATE TABLE IF NOT EXISTS suppressions (
     key TEXT NOT NULL,

@@ -6,6 +6,7 @@ Every method is one transaction. ``busy_timeout`` lets a second process (``mailb
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import time
@@ -16,13 +17,17 @@ from typing import Any
 
 from mailblast.errors import StoreError
 from mailblast.store.base import (
+    PROBLEM_TYPES,
+    SESSION_COMMANDS,
     CampaignRow,
     ClaimedMessage,
+    DeferredMessage,
     LoadChunkResult,
     LoadRow,
     LogRecord,
     Outcome,
     RecoveryResult,
+    RelayActivity,
 )
 
 SCHEMA_VERSION = 1
@@ -33,6 +38,12 @@ _LOG_INSERT = (
     " attempt, command, code, status, text, duration, line)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_RECORD_COLUMNS = (
+    "type, time, message, message_id, recipient, relay, attempt, command, code, status, text,"
+    " duration, line"
+)
+_PROBLEM_MARKS = ", ".join("?" * len(PROBLEM_TYPES))
+_SESSION_LIST = ", ".join(f"'{command}'" for command in SESSION_COMMANDS)
 _CAMPAIGN_COLUMNS = (
     "id, name, settings, status, status_reason, created_at, started_at, finished_at, loaded_at,"
     " load_line, rows_read, rows_rejected, rows_duplicate, rows_suppressed"
@@ -525,3 +536,65 @@ class SQLiteStore:
             (campaign_id,),
         ).fetchall()
         return [row[0] for row in rows]
+
+    # Dashboard queries
+
+    def relay_activity(self, campaign_id: int, since: float) -> list[RelayActivity]:
+        rows = self.db.execute(
+            "SELECT relay, type,"
+            f" CASE WHEN command IN ({_SESSION_LIST}) THEN 1 ELSE 0 END, count(*), max(time)"
+            f" FROM delivery_log WHERE campaign_id = ? AND type IN ('sent', {_PROBLEM_MARKS})"
+            " AND time >= ? AND relay IS NOT NULL GROUP BY 1, 2, 3",
+            (campaign_id, *PROBLEM_TYPES, since),
+        ).fetchall()
+        return [RelayActivity(r[0], r[1], bool(r[2]), r[3], r[4]) for r in rows]
+
+    def last_problems(self, campaign_id: int, limit: int) -> list[LogRecord]:
+        # One index range per type, newest first, rather than sorting every problem record.
+        records: list[LogRecord] = []
+        for kind in PROBLEM_TYPES:
+            rows = self.db.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM delivery_log WHERE campaign_id = ? AND type = ?"
+                " ORDER BY time DESC LIMIT ?",
+                (campaign_id, kind, limit),
+            ).fetchall()
+            records.extend(LogRecord(*row) for row in rows)
+        records.sort(key=lambda record: record.time, reverse=True)
+        return records[:limit]
+
+    def relay_last_problems(self, campaign_id: int, since: float) -> dict[str, LogRecord]:
+        # An aggregate finds each relay's newest time, then one index lookup per relay reads its
+        # record. This is cheaper than ranking every problem record of the window.
+        latest = self.db.execute(
+            "SELECT relay, max(time) FROM delivery_log WHERE campaign_id = ?"
+            f" AND type IN ({_PROBLEM_MARKS}) AND time >= ? AND relay IS NOT NULL GROUP BY relay",
+            (campaign_id, *PROBLEM_TYPES, since),
+        ).fetchall()
+        records: dict[str, LogRecord] = {}
+        for relay, newest in latest:
+            row = self.db.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM delivery_log WHERE campaign_id = ?"
+                f" AND type IN ({_PROBLEM_MARKS}) AND time = ? AND relay = ? LIMIT 1",
+                (campaign_id, *PROBLEM_TYPES, newest, relay),
+            ).fetchone()
+            records[relay] = LogRecord(*row)
+        return records
+
+    def deferred_due_counts(self, campaign_id: int, bounds: Sequence[float]) -> list[int]:
+        """Count deferred messages due by each bound (ascending) and after the last one."""
+        cumulative = " ".join("sum(CASE WHEN due_at <= ? THEN 1 ELSE 0 END)," for _ in bounds)
+        row = self.db.execute(
+            f"SELECT {cumulative} count(*) FROM messages WHERE campaign_id = ?"
+            " AND state = 'deferred'",
+            (*bounds, campaign_id),
+        ).fetchone()
+        totals = [value or 0 for value in row]
+        return [totals[0], *(b - a for a, b in itertools.pairwise(totals))]
+
+    def next_deferred(self, campaign_id: int, limit: int) -> list[DeferredMessage]:
+        rows = self.db.execute(
+            "SELECT id, line, address, attempts, due_at, relay, last_code, last_status, last_reply"
+            " FROM messages WHERE campaign_id = ? AND state = 'deferred' ORDER BY due_at LIMIT ?",
+            (campaign_id, limit),
+        ).fetchall()
+        return [DeferredMessage(*row) for row in rows]
