@@ -26,6 +26,8 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Held while spf.DNSLookup is swapped, so two threads never evaluate through each other's
 # resolver. Reentrant, so a nested swap on the same thread restores in order.
+# NOTE: the swap is process-wide, so code calling pyspf directly (without this module) while a
+# check runs in another thread also queries that check's resolver.
 _DNS_LOOKUP_LOCK = threading.RLock()
 
 
