@@ -13,6 +13,7 @@ import dns.flags
 import dns.message
 import dns.query
 import pytest
+import spf  # pyspf
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -22,7 +23,7 @@ from mailblast.cli.main import main
 from mailblast.dkimkey import LocalDkimKey, load_local_key
 from mailblast.dnscheck import Finding, Lookups, Status, check_domain, make_resolver
 from mailblast.dnsserver import LocalDnsServer
-from mailblast.spf import SpfEvaluator, Term, parse_record
+from mailblast.spfpolicy import check_host
 
 DOMAIN = "example.com"
 RELAY_IPS = ["192.0.2.25", "192.0.2.50", "2001:db8::25"]
@@ -229,12 +230,22 @@ def test_spf_plus_all_warning(server: LocalDnsServer, rsa_key_file: Path) -> Non
 def test_spf_void_lookups_permerror(server: LocalDnsServer) -> None:
     record = '"v=spf1 a:gone1.example.com a:gone2.example.com a:gone3.example.com -all"'
     server.records.add("void.example.com", "TXT", record)
-    evaluator = SpfEvaluator(Lookups(make_resolver(server.nameserver)))
+    resolver = make_resolver(server.nameserver)
 
-    evaluation = evaluator.check_host(ipaddress.ip_address("192.0.2.25"), "void.example.com")
+    evaluation = check_host(resolver, ipaddress.ip_address("192.0.2.25"), "void.example.com")
 
     assert evaluation.result == "permerror"
-    assert "void lookup limit" in evaluation.reason
+    assert "Void lookup limit of 2 exceeded" in evaluation.explanation
+
+
+def test_multiple_spf_records_error(server: LocalDnsServer, rsa_key_file: Path) -> None:
+    server.records.add("example.com", "TXT", '"v=spf1 ip4:192.0.2.25 -all"')
+
+    finding = only(run_check(server, rsa_key_file), "SPF")
+
+    assert finding.status is Status.ERROR
+    assert "Two or more type TXT spf records found" in finding.detail
+    assert finding.fix.startswith("keep exactly one TXT record starting with v=spf1")
 
 
 def test_missing_ptr_error(server: LocalDnsServer, rsa_key_file: Path) -> None:
@@ -282,35 +293,65 @@ def test_silent_nameserver_errors() -> None:
         assert finding.fix.startswith("make sure the nameserver answers")
 
 
+def publish_term_targets(server: LocalDnsServer) -> None:
+    records = server.records
+    records.add("t.example.com", "A", "192.0.2.10")
+    records.add("t.example.com", "MX", "10 mx6.example.com.")
+    records.add("mx6.example.com", "AAAA", "2001:db8:6::1")
+    records.add("mail.example.com", "A", "192.0.2.40")
+    records.add("mail.example.com", "AAAA", "2001:db8:4::1")
+
+
 @pytest.mark.parametrize(
-    ("word", "term"),
+    ("word", "inside", "result", "outside", "otherwise"),
     [
-        ("ip4:192.0.2.0/24", Term("+", "ip4", "192.0.2.0", 24, None)),
-        ("-ip6:2001:db8::/32", Term("-", "ip6", "2001:db8::", None, 32)),
-        ("a", Term("+", "a", "", None, None)),
-        ("~a/24", Term("~", "a", "", 24, None)),
-        ("mx//64", Term("+", "mx", "", None, 64)),
-        ("a:mail.example.com/24//64", Term("+", "a", "mail.example.com", 24, 64)),
-        ("redirect=_spf.example.com", Term("", "redirect", "_spf.example.com", None, None)),
+        ("ip4:192.0.2.0/24", "192.0.2.200", "pass", "192.0.3.1", "neutral"),
+        ("-ip6:2001:db8::/32", "2001:db8:ffff::1", "fail", "2001:db9::1", "neutral"),
+        ("a", "192.0.2.10", "pass", "192.0.2.11", "neutral"),
+        ("~a/24", "192.0.2.99", "softfail", "192.0.3.10", "neutral"),
+        ("mx//64", "2001:db8:6::ffff", "pass", "2001:db8:7::1", "neutral"),
+        ("a:mail.example.com/24//64", "192.0.2.1", "pass", "192.0.3.40", "neutral"),
+        ("a:mail.example.com/24//64", "2001:db8:4::ff", "pass", "2001:db8:5::1", "neutral"),
+        ("redirect=_spf.example.com", "192.0.2.20", "pass", "192.0.2.99", "softfail"),
     ],
 )
-def test_spf_term_parsing(word: str, term: Term) -> None:
-    assert parse_record(f"v=spf1 {word}") == [term]
+def test_spf_term_evaluation(
+    server: LocalDnsServer, word: str, inside: str, result: str, outside: str, otherwise: str
+) -> None:
+    publish_term_targets(server)
+    # A redirect= applies only when no mechanism matches, so that record has no ?all.
+    record = f"v=spf1 {word}" if word.startswith("redirect=") else f"v=spf1 {word} ?all"
+    server.records.add("t.example.com", "TXT", txt(record))
+    resolver = make_resolver(server.nameserver)
+
+    matched = check_host(resolver, ipaddress.ip_address(inside), "t.example.com")
+    unmatched = check_host(resolver, ipaddress.ip_address(outside), "t.example.com")
+
+    assert matched.result == result
+    assert unmatched.result == otherwise
 
 
 def test_spf_redirect_and_a_mechanism(server: LocalDnsServer) -> None:
     server.records.add("b.example.com", "TXT", '"v=spf1 redirect=c.example.com"')
     server.records.add("c.example.com", "TXT", '"v=spf1 a:relay1.example.com/30 -all"')
-    evaluator = SpfEvaluator(Lookups(make_resolver(server.nameserver)))
+    resolver = make_resolver(server.nameserver)
 
-    inside = evaluator.check_host(ipaddress.ip_address("192.0.2.27"), "b.example.com")
-    outside = SpfEvaluator(evaluator.lookup).check_host(
-        ipaddress.ip_address("192.0.2.28"), "b.example.com"
-    )
+    inside = check_host(resolver, ipaddress.ip_address("192.0.2.27"), "b.example.com")
+    outside = check_host(resolver, ipaddress.ip_address("192.0.2.28"), "b.example.com")
 
     assert inside.result == "pass"
     assert inside.lookups == 2  # redirect= and a: each count
     assert outside.result == "fail"
+
+
+def test_spf_lookups_restored_after_check(server: LocalDnsServer) -> None:
+    original = spf.DNSLookup
+    resolver = make_resolver(server.nameserver)
+
+    evaluation = check_host(resolver, ipaddress.ip_address("192.0.2.25"), DOMAIN)
+
+    assert evaluation.result == "pass"
+    assert spf.DNSLookup is original
 
 
 def test_server_answers_large_txt_over_tcp(server: LocalDnsServer) -> None:

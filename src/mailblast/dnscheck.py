@@ -17,18 +17,17 @@ from typing import Any
 import dns.exception
 import dns.resolver
 import dns.reversename
+import spf  # pyspf
 
 from mailblast.dkimkey import LocalDkimKey, keys_equal, published_key
 from mailblast.errors import MailblastError
-from mailblast.spf import (
+from mailblast.spfpolicy import (
     LOOKUP_LIMIT,
-    DnsLookupError,
-    SpfEvaluator,
-    SpfPermError,
-    Term,
+    IpAddress,
+    allows_all,
+    check_host,
     count_lookups,
-    parse_record,
-    spf_records,
+    spf_record,
 )
 
 logger = logging.getLogger("mailblast.dnscheck")
@@ -91,6 +90,10 @@ def parse_nameserver(text: str) -> tuple[str, int]:
     return host, number
 
 
+class DnsLookupError(Exception):
+    """A DNS lookup failed (timeout, SERVFAIL), so the check of that name is an error."""
+
+
 class Lookups:
     """DNS queries returning record strings; a name without such records gives an empty list."""
 
@@ -142,45 +145,37 @@ def _relay_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         ) from error
 
 
-def check_spf(
-    domain: str,
-    lookups: Lookups,
-    addresses: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address],
-) -> list[Finding]:
+def check_spf(domain: str, lookups: Lookups, addresses: Sequence[IpAddress]) -> list[Finding]:
+    resolver = lookups.resolver
     try:
-        records = spf_records(lookups, domain)
-    except DnsLookupError as error:
+        record = spf_record(resolver, domain)
+    except spf.TempError as error:
         return [Finding("SPF", domain, Status.ERROR, str(error), NAMESERVER_FIX)]
-    if not records:
+    except spf.PermError as error:
+        # pyspf raises this for more than one SPF record and for one that is not ASCII.
+        detail = f"{error}; receivers treat this as permerror"
+        fix = "keep exactly one TXT record starting with v=spf1, written in ASCII"
+        return [Finding("SPF", domain, Status.ERROR, detail, fix)]
+    if record is None:
         example = " ".join(_spf_term(address) for address in addresses) or "ip4:ADDRESS"
         fix = f'publish {domain} TXT "v=spf1 {example} -all"'
         return [Finding("SPF", domain, Status.ERROR, "no SPF record", fix)]
-    if len(records) > 1:
-        detail = f"{len(records)} SPF records; receivers treat this as permerror"
-        return [Finding("SPF", domain, Status.ERROR, detail, "merge them into one TXT record")]
-    findings = [_spf_lookup_count(domain, lookups, records[0])]
-    if any(term.name == "all" and term.qualifier == "+" for term in _terms(records[0])):
-        detail = f"{records[0]}: +all authorizes every host on the internet to send as {domain}"
+    findings = [_spf_lookup_count(domain, resolver, record)]
+    if allows_all(record):
+        detail = f"{record}: +all authorizes every host on the internet to send as {domain}"
         fix = "end the record with -all (or ~all while testing)"
         findings.append(Finding("SPF", domain, Status.WARNING, detail, fix))
-    return findings + [_spf_covers(domain, lookups, address) for address in addresses]
+    return findings + [_spf_covers(domain, resolver, address) for address in addresses]
 
 
-def _terms(record: str) -> list[Term]:
-    try:
-        return parse_record(record)
-    except SpfPermError:
-        return []  # reported by the lookup count
-
-
-def _spf_term(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+def _spf_term(address: IpAddress) -> str:
     return f"ip{address.version}:{address}"
 
 
-def _spf_lookup_count(domain: str, lookups: Lookups, record: str) -> Finding:
+def _spf_lookup_count(domain: str, resolver: dns.resolver.Resolver, record: str) -> Finding:
     try:
-        count = count_lookups(lookups, domain)
-    except (SpfPermError, DnsLookupError) as error:
+        count = count_lookups(resolver, domain)
+    except (spf.PermError, spf.TempError) as error:
         return Finding("SPF", domain, Status.ERROR, f"{record}: {error}", "fix the SPF record")
     if count > LOOKUP_LIMIT:
         detail = (
@@ -192,19 +187,15 @@ def _spf_lookup_count(domain: str, lookups: Lookups, record: str) -> Finding:
     return Finding("SPF", domain, Status.OK, f"{record} ({count} of {LOOKUP_LIMIT} lookups)")
 
 
-def _spf_covers(
-    domain: str, lookups: Lookups, address: ipaddress.IPv4Address | ipaddress.IPv6Address
-) -> Finding:
-    evaluation = SpfEvaluator(lookups).check_host(address, domain)
+def _spf_covers(domain: str, resolver: dns.resolver.Resolver, address: IpAddress) -> Finding:
+    evaluation = check_host(resolver, address, domain)
     subject = f"{domain} for {address}"
-    reason = f": {evaluation.reason}" if evaluation.reason else ""
-    detail = f"result {evaluation.result}{reason}"
-    if evaluation.unchecked:
-        detail += "; not evaluated: " + ", ".join(evaluation.unchecked)
+    detail = f"result {evaluation.result}"
+    if evaluation.result in ("permerror", "temperror"):
+        detail += f": {evaluation.explanation}"
+        return Finding("SPF", subject, Status.ERROR, detail, "fix the SPF record so it evaluates")
     if evaluation.result == "pass":
         return Finding("SPF", subject, Status.OK, detail)
-    if evaluation.result in ("permerror", "temperror"):
-        return Finding("SPF", subject, Status.ERROR, detail, "fix the SPF record so it evaluates")
     fix = f"add {_spf_term(address)} to the SPF record of {domain} before its all term"
     return Finding("SPF", subject, Status.ERROR, f"{address} is not authorized: {detail}", fix)
 
