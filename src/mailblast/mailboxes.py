@@ -64,6 +64,10 @@ def _iter_file(path: Path) -> Iterator[StoredMessage]:
     if start != _MBOX_START:
         yield StoredMessage(str(path), path.read_bytes())
         return
+    # mailbox.mbox opens the file for update when it may, but nothing here writes to it.
     box = mailbox.mbox(path, factory=None, create=False)
-    for index, key in enumerate(box.keys()):
-        yield StoredMessage(f"{path}:{index}", box.get_bytes(key))
+    try:
+        for index, key in enumerate(box.keys()):
+            yield StoredMessage(f"{path}:{index}", box.get_bytes(key))
+    finally:
+        box.close()
