@@ -63,6 +63,9 @@ _BOUNCE_SUBJECT = re.compile(
     r"could not be delivered|was not delivered|delivery to the following",
     re.I,
 )
+_QUOTED_HEADER = re.compile(
+    r"^\W*(message-id|from|sender|reply-to|return-path|in-reply-to|references)\s*:", re.I
+)
 _ADDRESS = re.compile(r"[\w.+=-]+@[\w-]+(?:\.[\w-]+)+")
 
 
@@ -330,7 +333,10 @@ def _text_failures(message: Message, original: Message | None) -> list[Failure]:
     """
     text = notification_text(message)
     own = {a.lower() for _, a in getaddresses(_own_address_fields(message))}
-    found = [a.lower() for a in _ADDRESS.findall(text)]
+    # Lines quoting the returned message's headers name its sender and Message-ID, not
+    # a recipient.
+    quoted = "\n".join(line for line in text.splitlines() if not _QUOTED_HEADER.match(line))
+    found = [a.lower() for a in _ADDRESS.findall(quoted)]
     addresses = [a for a in dict.fromkeys(found) if a not in own and not _DAEMON_FROM.match(a)]
     if not addresses and original is not None:
         addresses = [a.lower() for _, a in getaddresses(original.get_all("To", [])) if "@" in a]
