@@ -1,6 +1,6 @@
 """Compare bounce classification with Sisimai's results over the corpus in tests/data/bounces.
 
-The corpus holds real returned messages and, in ``sisimai-4.25.15.jsonl``, what Sisimai 4.25.15
+The corpus contains real returned messages and, in ``sisimai-4.25.15.jsonl``, what Sisimai 4.25.15
 reports for each bounced recipient. A recipient counts when Sisimai gives it softbounce 0 or 1,
 except for its reasons feedback, vacation and delivered. It agrees when mailblast names the
 same recipient (final or original) and makes the same decision: suppress exactly when

@@ -3,9 +3,9 @@
 Three ways, the surest first:
 
 1. VERP: the campaign's envelope sender contains ``{token}`` and the engine sets the token to
-   the message's store id, so the address a bounce was delivered to (To, Delivered-To,
-   X-Original-To, Envelope-To) names the message exactly, even when the recipient forwarded
-   the mail and the bounce names another address.
+   the message's store id. The address a bounce was delivered to (To, Delivered-To,
+   X-Original-To, Envelope-To) therefore names the message exactly. This holds even when the
+   recipient forwarded the mail and the bounce names another address.
 2. Message-ID: the returned message's Message-ID (or In-Reply-To / References) is derived
    from the campaign name and the recipient's address key (compose.message_id_for).
 3. Address: the newest message to the recipient's address key, in any campaign.

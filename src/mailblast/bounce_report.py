@@ -45,7 +45,7 @@ from mailblast.relay.classify import Command, Scope, classify
 
 # Enhanced status codes (RFC 3463) that mean the address or domain does not exist.
 _HARD_STATUSES = frozenset({"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10"})
-# Statuses that say only "permanent failure" or "mail system": the text decides.
+# Statuses that mean only "permanent failure" or "mail system", so the text decides.
 _GENERIC_STATUS = re.compile(r"^[45]\.(0\.\d+|5\.0|3\.0|1\.0|2\.0)$")
 _ANY_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _REPLY_CODE = re.compile(r"(?<![\d.])([245]\d\d)(?:[ -]|$)")
@@ -70,7 +70,7 @@ _ADDRESS = re.compile(r"[\w.+=-]+@[\w-]+(?:\.[\w-]+)+")
 
 
 class BounceClass(StrEnum):
-    """What a returned message means for one recipient."""
+    """The outcome of a returned message for one recipient."""
 
     HARD = "hard"
     SOFT = "soft"
@@ -79,7 +79,7 @@ class BounceClass(StrEnum):
 
 
 class ReportKind(StrEnum):
-    """What a whole returned message is."""
+    """The kind of a whole returned message."""
 
     BOUNCE = "bounce"
     COMPLAINT = "complaint"
@@ -129,7 +129,7 @@ class Report:
 
 
 def read_report(message: Message) -> Report:
-    """Parse one returned message; never raises for unusual structure, only reports less."""
+    """Parse one returned message into a Report of its kind and failed recipients."""
     original = _original_headers(message)
     token = _unsubscribe_token(message)
     if token is not None:
@@ -194,7 +194,7 @@ def _after_rcpt_class(command: Command, text: str) -> BounceClass:
 
 
 def _transient_class(status: str, text: str) -> BounceClass:
-    """A 4.x.x status is temporary, except an unknown address that a server reports as 4.1.1."""
+    """Classify a 4.x.x status as soft, except an unknown address reported as 4.1.1."""
     if status[1:] in (".1.1", ".1.2", ".1.10") and HARD_TEXT.search(text):
         return BounceClass.HARD
     return BounceClass.SOFT
@@ -329,7 +329,7 @@ def _text_failures(message: Message, original: Message | None) -> list[Failure]:
     """Find failed recipients in the text of a bounce that neither DSN nor flufl.bounce parse.
 
     Every address in the notification text counts, except the bounce's own sender and
-    recipients; when the text names none, the To addresses of the returned message do.
+    recipients. When the text names none, the To addresses of the returned message count.
     """
     text = notification_text(message)
     own = {a.lower() for _, a in getaddresses(_own_address_fields(message))}
@@ -364,7 +364,7 @@ def _looks_like_bounce(message: Message, original: Message | None) -> bool:
     subject = str(message.get("Subject", ""))
     if _DAEMON_FROM.search(sender) or _BOUNCE_SUBJECT.search(subject):
         return True
-    # A message that returns another one and says it was not delivered is a bounce too.
+    # A message that returns another one and reports it undelivered is a bounce too.
     return original is not None and bool(_BOUNCE_SUBJECT.search(notification_text(message)))
 
 

@@ -30,7 +30,7 @@ BLOCK_TEXT = re.compile(
 )
 # The recipient's domain accepts no mail at all (null MX, RFC 7505).
 NOT_ACCEPTING_TEXT = re.compile(r"does not accept mail|indicated no smtp service|null mx", re.I)
-# The reply named the SMTP step it answered; group 1 is DATA, MAIL, HELO/EHLO or RCPT.
+# The SMTP command that a rejection replied to. Group 1 is DATA, MAIL, HELO/EHLO or RCPT.
 _COMMAND = re.compile(
     r"(?:after|in reply to|in response to|command:?|>>>)\s*(?:the\s+)?(?:end of\s+)?"
     r"(data|mail from|mail|helo|ehlo|rcpt to|rcpt)\b",
@@ -40,7 +40,7 @@ _COMMANDS = {"data": "data", "mail": "mail", "mail from": "mail", "helo": "ehlo"
 
 
 def rejected_command(text: str) -> Command | None:
-    """Return the SMTP command a bounce says the remote server rejected, if it says so."""
+    """Return the SMTP command that the remote server rejected, when the text names it."""
     match = _COMMAND.search(text)
     if match is None:
         return None

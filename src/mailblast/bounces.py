@@ -74,7 +74,7 @@ class BounceStore(Store, Protocol):
 
 @dataclass(slots=True)
 class BounceSettings:
-    """How returned messages are processed."""
+    """Settings of bounce processing."""
 
     soft_bounce_limit: int = DEFAULT_SOFT_BOUNCE_LIMIT
     review_dir: Path | None = None
@@ -83,7 +83,7 @@ class BounceSettings:
 
 @dataclass(slots=True)
 class BounceSummary:
-    """What one run did: messages read, outcomes per class, suppressions and reviews."""
+    """The totals of one run: messages read, outcomes per class, suppressions and reviews."""
 
     messages: int = 0
     counts: Counter[str] = field(default_factory=Counter)
@@ -105,14 +105,14 @@ class BounceProcessor:
         self.summary = BounceSummary()
 
     def process(self, stored: StoredMessage) -> None:
-        """Process one returned message; problems send it to review, never raise."""
+        """Process one returned message. A message that cannot be handled goes to review."""
         self.summary.messages += 1
         message = email.message_from_bytes(stored.data, policy=email.policy.compat32)
         try:
             report = read_report(message)
         except (LookupError, ValueError, TypeError, AttributeError, IndexError) as error:
-            # Malformed MIME can trip the email package in many ways; one bad message must
-            # not stop the run, so it goes to review with the error.
+            # Malformed MIME can trip the email package in many ways. One bad message must not
+            # stop the run, so it goes to review with the error.
             self._review(stored, f"cannot be parsed: {type(error).__name__}: {error}")
             return
         fingerprint = _fingerprint(message, stored.data)
@@ -192,7 +192,7 @@ class BounceProcessor:
 
     def _soft_limit_reached(self, key: str) -> bool:
         # NOTE: a run killed between recording a soft bounce and this check leaves the address
-        # unsuppressed until its next soft bounce, which sees the full count.
+        # unsuppressed until its next soft bounce, whose check counts every earlier one.
         return self.store.count_soft_bounces(key) >= self.settings.soft_bounce_limit
 
     def _suppress(self, target: MessageRef, reason: str, now: float) -> None:

@@ -159,7 +159,7 @@ class RecoveryResult:
 
 @dataclass(slots=True)
 class MessageRef:
-    """A queued message as bounce processing sees it."""
+    """The fields of a queued message that bounce processing uses."""
 
     id: int
     campaign_id: int
