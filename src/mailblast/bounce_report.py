@@ -167,8 +167,7 @@ def classify_failure(
         return BounceClass.SOFT
     # A server that rejects at DATA with "user unknown" but no address status (5.1.x) is
     # usually a content or domain filter: it accepted the recipient at RCPT.
-    if command not in (None, Command.RCPT) and status not in _HARD_STATUSES:
-        assert command is not None
+    if command is not None and command is not Command.RCPT and status not in _HARD_STATUSES:
         return _after_rcpt_class(command, text)
     if status and status.startswith("4."):
         return _transient_class(status, text)
@@ -200,13 +199,15 @@ def _transient_class(status: str, text: str) -> BounceClass:
     return BounceClass.SOFT
 
 
-def _status_class(status: str | None, code: int | None, text: str) -> BounceClass:
+def _status_class(status: str, code: int | None, text: str) -> BounceClass:
+    """Classify a specific 5.x.x status as the reply to RCPT that it would be."""
     if status in _HARD_STATUSES:
         return BounceClass.HARD
-    reply_code = code or (550 if (status or "5").startswith("5") else 450)
-    scope = classify(Command.RCPT, reply_code, f"{status or ''} {text}").scope
+    scope = classify(Command.RCPT, code or 550, f"{status} {text}").scope
     if scope is Scope.RECIPIENT:
-        return BounceClass.HARD if HARD_TEXT.search(text) or status is None else BounceClass.SOFT
+        # Other recipient statuses (5.2.1 mailbox disabled, 5.1.0) are hard only with a text
+        # that says the address does not exist.
+        return BounceClass.HARD if HARD_TEXT.search(text) else BounceClass.SOFT
     if scope in (Scope.SENDER, Scope.RELAY):
         return BounceClass.BLOCK
     return BounceClass.SOFT
