@@ -258,6 +258,13 @@ def test_cli_rejects_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert f"not found: {missing}" in capsys.readouterr().err
 
 
+def test_cli_rejects_missing_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["bounces", "process", str(tmp_path), "--store", str(tmp_path / "none.db")])
+    assert status == 2
+    assert "store not found" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()
+
+
 def test_cli_rejects_zero_soft_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["bounces", "process", str(tmp_path), "--soft-bounce-limit", "0"])

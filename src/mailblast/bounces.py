@@ -39,7 +39,7 @@ from typing import Protocol
 
 from mailblast.bounce_match import MessageFinder, address_key
 from mailblast.bounce_report import BounceClass, Failure, Report, ReportKind, read_report
-from mailblast.mailboxes import StoredMessage
+from mailblast.mailboxes import MailboxError, StoredMessage
 from mailblast.store.base import BounceEvent, LogRecord, MessageRef, Store
 from mailblast.unsubscribe import InvalidToken, verify_token
 
@@ -238,10 +238,18 @@ class BounceProcessor:
         folder = self.settings.review_dir
         if folder is None:
             return
-        folder.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha256(stored.data).hexdigest()[:24]
-        (folder / f"{name}.eml").write_bytes(stored.data)
-        (folder / f"{name}.reason").write_text(f"{stored.source}\n{reason}\n", encoding="utf-8")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{name}.eml").write_bytes(stored.data)
+            note = f"{stored.source}\n{reason}\n"
+            (folder / f"{name}.reason").write_text(note, encoding="utf-8")
+        except OSError as error:
+            # Without the copy the message would be lost from view, so the run stops here.
+            raise MailboxError(
+                f"cannot write to the review folder {folder}: {error.strerror};"
+                " give a writable folder with --review"
+            ) from error
 
 
 def _outcome(failure: Failure) -> str:

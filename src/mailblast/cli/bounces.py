@@ -17,6 +17,7 @@ from mailblast.bounces import (
 )
 from mailblast.cli.status import add_store_option
 from mailblast.config import DEFAULT_UNSUBSCRIBE_SECRET_ENV, check_unsubscribe_secret, read_secret
+from mailblast.errors import MailblastError
 from mailblast.mailboxes import check_paths, iter_messages
 from mailblast.store.sqlite import SQLiteStore
 
@@ -80,6 +81,10 @@ def run_process(arguments: argparse.Namespace) -> int:
         # flufl.bounce logs every detector it tries at INFO, several lines per message.
         logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
     check_paths(arguments.paths)
+    if not Path(arguments.store).is_file():
+        raise MailblastError(
+            f"store not found: {arguments.store}; give the campaigns' store with --store"
+        )
     settings = BounceSettings(
         soft_bounce_limit=arguments.soft_bounce_limit,
         review_dir=Path(arguments.review) if arguments.review else None,
