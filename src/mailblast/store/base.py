@@ -190,6 +190,33 @@ class RecoveryResult:
     unknown: int
 
 
+@dataclass(slots=True)
+class MessageRef:
+    """The fields of a queued message that bounce processing uses."""
+
+    id: int
+    campaign_id: int
+    address: str
+    key: str
+    state: str
+
+
+@dataclass(slots=True)
+class BounceEvent:
+    """One processed bounce, complaint or unsubscribe request for one recipient.
+
+    ``id`` identifies the returned message and the recipient, so the same event recorded twice
+    is stored once. ``bounce_class`` is hard, soft, delayed, block, complaint or unsubscribe.
+    """
+
+    id: str
+    key: str
+    bounce_class: str
+    campaign_id: int  # 0 when no campaign is known
+    record: LogRecord
+    mark_bounced: bool  # turn the message from sent to bounced
+
+
 class Store(Protocol):
     """The operations every backend provides; see the module docstring for the contract."""
 
@@ -274,3 +301,15 @@ class Store(Protocol):
     def deferred_due_counts(self, campaign_id: int, bounds: Sequence[float]) -> list[int]: ...
 
     def next_deferred(self, campaign_id: int, limit: int) -> list[DeferredMessage]: ...
+
+    # Bounce processing
+
+    def find_message(self, message: int) -> MessageRef | None: ...
+
+    def find_messages_by_key(self, key: str) -> list[MessageRef]: ...
+
+    def count_soft_bounces(self, key: str) -> int: ...
+
+    def bounce_recorded(self, bounce_id: str) -> bool: ...
+
+    def record_bounce(self, event: BounceEvent) -> bool: ...

@@ -87,3 +87,16 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at REAL NOT NULL,
     heartbeat_at REAL NOT NULL
 );
+
+-- Returned messages already processed, one row per message and recipient, so that processing
+-- the same bounce again changes nothing. Soft bounces are counted per address key here.
+CREATE TABLE IF NOT EXISTS bounces (
+    id TEXT PRIMARY KEY,                  -- fingerprint of the returned message, "\n", address key
+    key TEXT NOT NULL,
+    class TEXT NOT NULL,                  -- hard | soft | delayed | block | complaint | unsubscribe
+    campaign_id INTEGER NOT NULL,         -- 0 when no campaign is known
+    message INTEGER,                      -- messages.id, when matched
+    time REAL NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS bounces_key ON bounces (key, class);

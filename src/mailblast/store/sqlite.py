@@ -19,12 +19,14 @@ from mailblast.errors import StoreError
 from mailblast.store.base import (
     PROBLEM_TYPES,
     SESSION_COMMANDS,
+    BounceEvent,
     CampaignRow,
     ClaimedMessage,
     DeferredMessage,
     LoadChunkResult,
     LoadRow,
     LogRecord,
+    MessageRef,
     Outcome,
     RecoveryResult,
     RelayActivity,
@@ -44,6 +46,7 @@ _RECORD_COLUMNS = (
 )
 _PROBLEM_MARKS = ", ".join("?" * len(PROBLEM_TYPES))
 _SESSION_LIST = ", ".join(f"'{command}'" for command in SESSION_COMMANDS)
+_MESSAGE_REF_COLUMNS = "id, campaign_id, address, key, state"
 _CAMPAIGN_COLUMNS = (
     "id, name, settings, status, status_reason, created_at, started_at, finished_at, loaded_at,"
     " load_line, rows_read, rows_rejected, rows_duplicate, rows_suppressed"
@@ -598,3 +601,62 @@ class SQLiteStore:
             (campaign_id, limit),
         ).fetchall()
         return [DeferredMessage(*row) for row in rows]
+
+    # Bounce processing
+
+    def find_message(self, message: int) -> MessageRef | None:
+        row = self.db.execute(
+            f"SELECT {_MESSAGE_REF_COLUMNS} FROM messages WHERE id = ?", (message,)
+        ).fetchone()
+        return MessageRef(*row) if row else None
+
+    def find_messages_by_key(self, key: str) -> list[MessageRef]:
+        """Return the messages to one address key in every campaign, the newest first."""
+        # The campaign_id IN (...) term lets the (campaign_id, key) unique index serve the
+        # lookup, so no index on key alone is needed.
+        rows = self.db.execute(
+            f"SELECT {_MESSAGE_REF_COLUMNS} FROM messages"
+            " WHERE campaign_id IN (SELECT id FROM campaigns) AND key = ? ORDER BY id DESC",
+            (key,),
+        ).fetchall()
+        return [MessageRef(*row) for row in rows]
+
+    def count_soft_bounces(self, key: str) -> int:
+        row = self.db.execute(
+            "SELECT count(*) FROM bounces WHERE key = ? AND class = 'soft'", (key,)
+        ).fetchone()
+        return int(row[0])
+
+    def bounce_recorded(self, bounce_id: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM bounces WHERE id = ?", (bounce_id,)).fetchone()
+        return row is not None
+
+    def record_bounce(self, event: BounceEvent) -> bool:
+        """Record one bounce event; return False when it was recorded before."""
+
+        def run() -> bool:
+            inserted = self.db.execute(
+                "INSERT INTO bounces (id, key, class, campaign_id, message, time)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (
+                    event.id,
+                    event.key,
+                    event.bounce_class,
+                    event.campaign_id,
+                    event.record.message,
+                    event.record.time,
+                ),
+            ).rowcount
+            if inserted == 0:
+                return False
+            self.db.execute(_LOG_INSERT, _log_values(event.campaign_id, event.record))
+            if event.mark_bounced and event.record.message is not None:
+                self.db.execute(
+                    "UPDATE messages SET state = 'bounced', updated_at = ?"
+                    " WHERE id = ? AND state = 'sent'",
+                    (event.record.time, event.record.message),
+                )
+            return True
+
+        recorded: bool = self._write("recording a bounce", run)
+        return recorded
