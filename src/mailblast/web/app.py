@@ -59,6 +59,7 @@ class ServeContext:
     store: StoreAccess
     unsubscribe_secret: bytes | None  # None: the unsubscribe routes are not served
     control_token: str | None  # None: the dashboard is read-only
+    unsubscribe_path: str = "/unsubscribe"  # the path of the campaigns' [unsubscribe] url
 
 
 async def _healthz(request: Request) -> PlainTextResponse:
