@@ -76,12 +76,6 @@ def _campaign(row: tuple[Any, ...]) -> CampaignRow:
     return CampaignRow(*values)
 
 
-def _claimed(row: tuple[Any, ...]) -> ClaimedMessage:
-    message = ClaimedMessage(*row[:8])
-    message.suppressed = bool(row[8])
-    return message
-
-
 def _suppression_filter(campaign_id: int | None, reason: str | None) -> tuple[str, list[Any]]:
     """Return the WHERE condition on suppressions (alias s) and its values."""
     conditions = ["1 = 1"]
@@ -281,12 +275,16 @@ class SQLiteStore:
                 " WHERE id IN (SELECT id FROM messages WHERE campaign_id = ?"
                 " AND state IN ('queued', 'deferred') AND due_at <= ?"
                 " ORDER BY due_at, id LIMIT ?)"
-                " RETURNING id, line, address, key, smtputf8, fields, attempts, first_attempt_at,"
-                " EXISTS (SELECT 1 FROM suppressions s WHERE s.key = messages.key"
-                " AND s.campaign_id IN (0, ?))",
-                (owner, lease_until, campaign_id, now, limit, campaign_id),
+                " RETURNING id, line, address, key, smtputf8, fields, attempts, first_attempt_at",
+                (owner, lease_until, campaign_id, now, limit),
             ).fetchall()
-            return sorted((_claimed(row) for row in rows), key=lambda m: m.id)
+            claimed = sorted((ClaimedMessage(*row) for row in rows), key=lambda m: m.id)
+            # A separate query, because SQLite 3.40 scans the whole suppression list for a
+            # subquery in RETURNING instead of using its primary key.
+            suppressed = self._suppressed_keys(campaign_id, [m.key for m in claimed])
+            for message in claimed:
+                message.suppressed = message.key in suppressed
+            return claimed
 
         result: list[ClaimedMessage] = self._write("claiming messages", run)
         return result
@@ -538,6 +536,19 @@ class SQLiteStore:
             (*values, limit),
         ).fetchall()
         return [Suppression(*row) for row in rows]
+
+    def _suppressed_keys(self, campaign_id: int, keys: Sequence[str]) -> set[str]:
+        """Return which of the keys are suppressed for the campaign, in IN lists of 500."""
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            part = keys[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(
+                f"SELECT key FROM suppressions WHERE key IN ({marks}) AND campaign_id IN (0, ?)",
+                (*part, campaign_id),
+            )
+            found.update(row[0] for row in rows)
+        return found
 
     def suppressed_claims(self, campaign_id: int, owner: str) -> list[int]:
         rows = self.db.execute(
