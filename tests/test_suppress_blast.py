@@ -17,10 +17,10 @@ from mailblast.store.sqlite import SQLiteStore
 CLI = [sys.executable, "-m", "mailblast.cli.main"]
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+def wait_for(condition: Callable[[], bool], description: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {description}"
         time.sleep(0.02)
 
 
@@ -28,7 +28,7 @@ def test_suppressed_mid_blast_not_sent(
     tmp_path: Path, start_sink: Callable[..., ThreadedSink]
 ) -> None:
     # One connection, and the first message takes 3 s at the end of DATA: the blast is
-    # running while the test suppresses two addresses. With batch_size 2 the engine holds at
+    # running while the test suppresses two addresses. With batch_size 2 the engine has at
     # most 4 claimed messages: the early target is claimed already (the engine's once-a-second
     # check must catch it), the late one is not (the claim must flag it).
     sink = start_sink(keep_messages=True)

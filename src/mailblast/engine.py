@@ -7,7 +7,7 @@ Tasks:
 - the recorder writes outcomes and in-flight marks in group commits.
 
 Suppression: the claim flags messages whose address is already suppressed, and the control task
-asks the store once a second which claimed messages became suppressed since. Each message is
+queries the store once a second which claimed messages became suppressed since. Each message is
 checked against that small set just before it is composed, so a suppression added mid-blast
 stops every message not yet handed to a relay, at no per-message store cost.
 

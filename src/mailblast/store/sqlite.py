@@ -538,7 +538,7 @@ class SQLiteStore:
         return [Suppression(*row) for row in rows]
 
     def _suppressed_keys(self, campaign_id: int, keys: Sequence[str]) -> set[str]:
-        """Return which of the keys are suppressed for the campaign, in IN lists of 500."""
+        """Return which of the keys are suppressed for the campaign, querying 500 keys at a time."""
         found: set[str] = set()
         for start in range(0, len(keys), 500):
             part = keys[start : start + 500]

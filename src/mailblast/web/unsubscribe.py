@@ -2,7 +2,7 @@
 
 ``POST <path>?token=T`` with the form body ``List-Unsubscribe=One-Click`` (URL-encoded or
 multipart) suppresses the token's address for every campaign, with reason ``unsubscribed`` and
-the token's campaign as origin, and answers 200 with an empty body. ``GET <path>?token=T`` only
+the token's campaign as origin, and returns 200 with an empty body. ``GET <path>?token=T`` only
 shows a page whose button sends that same POST, because mail scanners follow links in messages.
 A token that fails verification gets 400 and changes nothing. A replayed token gets 200 and
 changes nothing more, because the store keeps the first entry.
@@ -78,7 +78,7 @@ class UnsubscribeHandler:
         self._secret = secret
 
     async def show_page(self, request: Request) -> Response:
-        """Show the confirmation page; a GET never unsubscribes."""
+        """Show the confirmation page. A GET never unsubscribes."""
         token = request.query_params.get("token", "")
         try:
             subject = verify_token(self._secret, token)
@@ -95,7 +95,7 @@ class UnsubscribeHandler:
         return _page("Unsubscribe", text, form)
 
     async def unsubscribe(self, request: Request) -> Response:
-        """Suppress the token's address; 200 with an empty body for a one-click POST."""
+        """Suppress the token's address and return 200, with an empty body for a one-click POST."""
         try:
             subject = verify_token(self._secret, request.query_params.get("token", ""))
             form = await _one_click_form(request)
@@ -114,9 +114,9 @@ class UnsubscribeHandler:
     ) -> None:
         key, address = entry
         now = time.time()
-        how = "confirmation page" if from_page else "one-click POST (RFC 8058)"
+        channel = "confirmation page" if from_page else "one-click POST (RFC 8058)"
         record = LogRecord(
-            type="unsubscribed", time=now, recipient=address, text=f"unsubscribed by {how}"
+            type="unsubscribed", time=now, recipient=address, text=f"unsubscribed by {channel}"
         )
         added = await self.context.store.call(
             lambda store: store.add_suppression(
@@ -124,11 +124,13 @@ class UnsubscribeHandler:
             )
         )
         state = "unsubscribed" if added else "already unsubscribed; unchanged"
-        log.info("campaign %s: %s %s by %s", subject.campaign, mask_address(address), state, how)
+        log.info(
+            "campaign %s: %s %s by %s", subject.campaign, mask_address(address), state, channel
+        )
 
 
 async def _one_click_form(request: Request) -> FormData:
-    """Read the form body; raise ValueError unless it carries List-Unsubscribe=One-Click."""
+    """Read the form body, raising ValueError unless it contains List-Unsubscribe=One-Click."""
     content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if content_type not in FORM_TYPES:
         raise ValueError(f"the body must be {' or '.join(FORM_TYPES)}, not {content_type!r}")
@@ -143,7 +145,7 @@ async def _one_click_form(request: Request) -> FormData:
 
 
 def _entry(subject: TokenSubject) -> tuple[str, str]:
-    """Return (key, address) of the token's address; raise ValueError when it is invalid."""
+    """Return (key, address) of the token's address, or raise ValueError when it is invalid."""
     address, key, _ = normalise_address(subject.address)
     return key, address
 
