@@ -291,6 +291,19 @@ def test_import_reports_bad_rows(
     assert entries["good5@example.com"][1:4] == ["complaint", "spring", "2026-01-31T12:00:00+00:00"]
 
 
+def test_import_reads_past_unparseable_row(
+    capsys: pytest.CaptureFixture[str], store_path: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.csv"
+    huge = "x" * 200_000
+    source.write_text(f"address\n{huge}@example.com\nafter@example.com\n", encoding="utf-8")
+    code, out, err = suppress(capsys, store_path, "import", str(source))
+    assert code == 1
+    assert "2 rows: 1 added, 0 already listed, 1 rejected" in out
+    assert "line 2: rejected: unreadable CSV: field larger than field limit" in err
+    assert [entry[0] for entry in listed(capsys, store_path)] == ["after@example.com"]
+
+
 def test_import_defaults_from_options(
     capsys: pytest.CaptureFixture[str], store_path: Path, tmp_path: Path
 ) -> None:

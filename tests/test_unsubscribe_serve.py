@@ -146,6 +146,10 @@ def test_post_without_one_click_body(server: Server) -> None:
     response = httpx.post(url, content=b"List-Unsubscribe=One-Click")  # no Content-Type
     assert response.status_code == 400
     assert "application/x-www-form-urlencoded" in response.text
+    padded = {**ONE_CLICK, "padding": "x" * 20_000}
+    response = httpx.post(url, data=padded)
+    assert response.status_code == 400
+    assert "at most 16384 bytes" in response.text
     assert server.state() == before
 
 

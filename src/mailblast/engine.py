@@ -563,6 +563,7 @@ class Engine:
         record = self._record(job, relay, reply, duration, state, attempts, message_id)
         self.recorder.record(Outcome(message.id, state, attempts, due, first, record))
         self._claimed.pop(message.id, None)
+        self._suppressed.discard(message.id)
         self.stats.outcomes[state] += 1
         self._spend_error_budget(state)
 

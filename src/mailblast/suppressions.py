@@ -137,8 +137,7 @@ class CsvImport:
             )
         reader.fieldnames = columns
         chunk: list[Suppression] = []
-        for row in reader:
-            self.report.rows += 1
+        for row in self._rows(reader):
             entry = self._entry(row, reader.line_num)
             if entry is not None:
                 chunk.append(entry)
@@ -147,6 +146,23 @@ class CsvImport:
                 chunk = []
         self._add(chunk)
         return self.report
+
+    def _rows(self, reader: csv.DictReader[str]) -> Iterator[dict[str, str | None]]:
+        """Yield each row, rejecting a row the csv module cannot parse and reading on."""
+        rows = iter(reader)
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                self.report.rows += 1
+                self.report.rejected += 1
+                # DictReader copies line_num only after a row parses, so read the inner reader's.
+                self.on_reject(reader.reader.line_num, f"unreadable CSV: {error}")
+                continue
+            self.report.rows += 1
+            yield row
 
     def _entry(self, row: dict[str, str | None], line: int) -> Suppression | None:
         try:

@@ -37,6 +37,7 @@ log = logging.getLogger("mailblast.web.unsubscribe")
 # The confirmation page's form adds this field, so its POST gets a page back, not an empty body.
 PAGE_FIELD = "confirmed-on-page"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+MAX_BODY_BYTES = 16_384  # a one-click body is 26 bytes; the page's form adds one field
 # The page loads nothing from elsewhere and must not leak the token in a Referer header.
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
@@ -134,6 +135,10 @@ async def _one_click_form(request: Request) -> FormData:
     content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if content_type not in FORM_TYPES:
         raise ValueError(f"the body must be {' or '.join(FORM_TYPES)}, not {content_type!r}")
+    # NOTE: a chunked body without Content-Length is not limited here, only multipart parts are.
+    length = request.headers.get("content-length", "0")
+    if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+        raise ValueError(f"the body must be at most {MAX_BODY_BYTES} bytes, not {length}")
     try:
         form = await request.form(max_files=0, max_fields=10, max_part_size=4096)
     except HTTPException as error:
