@@ -196,7 +196,8 @@ class CsvImport:
                 parse_time(moment) if moment else None,
             )
         except ValueError as error:
-            raise ValueError(f"{address!r}: {error}") from error
+            shown = address if len(address) <= 80 else address[:80] + "…"
+            raise ValueError(f"{shown!r}: {error}") from error
 
     def _add(self, chunk: list[Suppression]) -> None:
         added = self.store.add_suppressions(chunk) if chunk else 0
