@@ -8,8 +8,9 @@ Tasks:
 
 Suppression: the claim flags messages whose address is already suppressed, and the control task
 queries the store once a second which claimed messages became suppressed since. Each message is
-checked against that small set just before it is composed, so a suppression added mid-blast
-stops every message not yet handed to a relay, at no per-message store cost.
+checked against that small set just before it is composed. A suppression added mid-blast so
+stops every message not composed before the engine's next look, for one store query per
+claimed batch and one per second.
 
 Crash safety: a message's in-flight mark is committed after the relay's 354 and before the
 message and its final dot are written, and the outcome after the reply. A run that dies leaves
