@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from mailblast.cli.main import main
 from mailblast.store.base import LoadRow
 from mailblast.store.sqlite import SQLiteStore
 from mailblast.unsubscribe import make_token
@@ -213,3 +214,10 @@ def test_custom_path(tmp_path: Path) -> None:
         default = httpx.post(f"{base}/unsubscribe?token={token}", data=ONE_CLICK)
     assert moved.status_code == 200
     assert default.status_code == 404
+
+
+def test_invalid_path_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--unsubscribe-path", "unsubscribe?x=1"])
+    assert exited.value.code == 2
+    assert "invalid path 'unsubscribe?x=1'" in capsys.readouterr().err
