@@ -22,8 +22,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(store: Path | str, env: Mapping[str, str] | None = None, *extra: str) -> Iterator[str]:
-    """Run `mailblast serve` on the store until the block ends; yield its base URL."""
+def serving(
+    store: Path | str,
+    env: Mapping[str, str] | None = None,
+    *extra: str,
+    output: list[str] | None = None,
+) -> Iterator[str]:
+    """Run `mailblast serve` on the store until the block ends; yield its base URL.
+
+    When ``output`` is given, the server's combined output is appended to it once it stops.
+    """
     port = free_port()
     command = [sys.executable, "-m", "mailblast.cli.main", "serve", "--store", str(store)]
     command += ["--port", str(port), *extra]
@@ -39,7 +47,9 @@ def serving(store: Path | str, env: Mapping[str, str] | None = None, *extra: str
         yield base
     finally:
         process.terminate()
-        process.communicate(timeout=10)
+        printed = process.communicate(timeout=10)[0]
+        if output is not None:
+            output.append(printed.decode(errors="replace"))
 
 
 def _wait_until_up(base: str, process: subprocess.Popen[bytes]) -> None:

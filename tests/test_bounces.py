@@ -137,7 +137,7 @@ def test_suppressions_are_hard_and_complaints(tmp_path: Path) -> None:
     assert expected
     assert suppressed == expected
     reasons = {row[0] for row in table(store_path, "SELECT reason FROM suppressions")}
-    assert reasons == {"hard bounce", "complaint"}
+    assert reasons == {"hard-bounce", "complaint"}
     assert processor.summary.counts["hard"] > 50
     assert processor.summary.counts["complaint"] > 0
     assert processor.summary.counts["auto-reply"] > 0
@@ -176,7 +176,7 @@ def test_soft_bounce_limit(tmp_path: Path) -> None:
     assert table(store_path, "SELECT state FROM messages") == [("bounced",)]
     run(store, bounces[2:], soft_bounce_limit=3)
 
-    assert table(store_path, "SELECT reason FROM suppressions") == [("soft bounce",)]
+    assert table(store_path, "SELECT reason FROM suppressions") == [("soft-bounce",)]
     log = table(store_path, "SELECT type, status FROM delivery_log WHERE type = 'bounced'")
     assert log == [("bounced", "5.2.2")] * 3
 

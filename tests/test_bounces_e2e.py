@@ -74,7 +74,7 @@ def test_campaign_bounces_end_to_end(
         "guest7@example.com": "sent",
     }
     assert query(store, "SELECT address, reason FROM suppressions ORDER BY address") == [
-        ("guest0@example.com", "hard bounce"),
+        ("guest0@example.com", "hard-bounce"),
         ("guest4@example.com", "complaint"),
         ("guest6@example.com", "unsubscribed"),
     ]

@@ -2,10 +2,10 @@
 
 For every message read from the given paths:
 
-- a hard bounce suppresses the address (reason "hard bounce") and a complaint suppresses it
+- a hard bounce suppresses the address (reason "hard-bounce") and a complaint suppresses it
   with reason "complaint";
 - a soft bounce suppresses it only when the address has ``soft_bounce_limit`` soft bounces
-  (reason "soft bounce");
+  (reason "soft-bounce");
 - a sender or policy block never suppresses the recipient: it is recorded and reported,
   because the fix is on the sending side;
 - a delay notice (DSN Action: delayed) is recorded as ``deferred`` and changes nothing else;
@@ -35,24 +35,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
-from typing import Protocol
 
 from mailblast.bounce_match import MessageFinder, address_key
 from mailblast.bounce_report import BounceClass, Failure, Report, ReportKind, read_report
 from mailblast.mailboxes import MailboxError, StoredMessage
-from mailblast.store.base import BounceEvent, LogRecord, MessageRef, Store
+from mailblast.store.base import EVERY_CAMPAIGN, BounceEvent, LogRecord, MessageRef, Store
 from mailblast.unsubscribe import InvalidToken, verify_token
 
 log = logging.getLogger("mailblast.bounces")
 
 DEFAULT_SOFT_BOUNCE_LIMIT = 3
 SUPPRESSION_REASONS = {
-    BounceClass.HARD: "hard bounce",
-    BounceClass.SOFT: "soft bounce",
+    BounceClass.HARD: "hard-bounce",
+    BounceClass.SOFT: "soft-bounce",
     BounceClass.COMPLAINT: "complaint",
 }
 UNSUBSCRIBED = "unsubscribed"
-_GLOBAL = 0  # campaign_id of a suppression that applies to every campaign
 _MAX_TEXT = 500
 # Delivery record type and text label of each outcome.
 _RECORDS = {
@@ -62,14 +60,6 @@ _RECORDS = {
     "delayed": ("deferred", "delay notice"),
     "complaint": ("complaint", "complaint"),
 }
-
-
-class BounceStore(Store, Protocol):
-    """The store operations bounce processing uses, with the suppression list's."""
-
-    def add_suppression(
-        self, key: str, address: str, reason: str, campaign_id: int, now: float
-    ) -> None: ...
 
 
 @dataclass(slots=True)
@@ -96,13 +86,14 @@ class BounceProcessor:
     """Process returned messages into one store."""
 
     def __init__(
-        self, store: BounceStore, settings: BounceSettings, clock: Callable[[], float] = time.time
+        self, store: Store, settings: BounceSettings, clock: Callable[[], float] = time.time
     ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
         self.finder = MessageFinder(store)
         self.summary = BounceSummary()
+        self._campaign_names: dict[int, str] = {}
 
     def process(self, stored: StoredMessage) -> None:
         """Process one returned message. A message that cannot be handled goes to review."""
@@ -196,8 +187,17 @@ class BounceProcessor:
         return self.store.count_soft_bounces(key) >= self.settings.soft_bounce_limit
 
     def _suppress(self, target: MessageRef, reason: str, now: float) -> None:
-        self.store.add_suppression(target.key, target.address, reason, _GLOBAL, now)
-        self.summary.suppressed += 1
+        origin = self._campaign_name(target.campaign_id)
+        if self.store.add_suppression(
+            target.key, target.address, reason, EVERY_CAMPAIGN, now, origin=origin
+        ):
+            self.summary.suppressed += 1
+
+    def _campaign_name(self, campaign_id: int) -> str | None:
+        if campaign_id not in self._campaign_names:
+            names = {row.id: row.name for row in self.store.list_campaigns()}
+            self._campaign_names.update(names)
+        return self._campaign_names.get(campaign_id)
 
     def _unsubscribe(self, stored: StoredMessage, report: Report, fingerprint: str) -> None:
         secret = self.settings.unsubscribe_secret
@@ -219,10 +219,12 @@ class BounceProcessor:
             self.summary.counts["duplicate"] += 1
             return
         campaign = self.store.get_campaign(subject.campaign)
-        campaign_id = campaign.id if campaign is not None else _GLOBAL
+        campaign_id = campaign.id if campaign is not None else EVERY_CAMPAIGN
         now = self.clock()
-        self.store.add_suppression(key, subject.address, UNSUBSCRIBED, _GLOBAL, now)
-        self.summary.suppressed += 1
+        if self.store.add_suppression(
+            key, subject.address, UNSUBSCRIBED, EVERY_CAMPAIGN, now, origin=subject.campaign
+        ):
+            self.summary.suppressed += 1
         record = LogRecord(
             type="unsubscribed", time=now, recipient=subject.address, text="unsubscribed by mail"
         )

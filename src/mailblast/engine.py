@@ -6,6 +6,12 @@ Tasks:
 - each relay has up to ``max_connections`` session tasks that compose and send;
 - the recorder writes outcomes and in-flight marks in group commits.
 
+Suppression: the claim flags messages whose address is already suppressed, and the control task
+queries the store once a second which claimed messages became suppressed since. Each message is
+checked against that small set just before it is composed. A suppression added mid-blast so
+stops every message not composed before the engine's next look, for one store query per
+claimed batch and one per second.
+
 Crash safety: a message's in-flight mark is committed after the relay's 354 and before the
 message and its final dot are written, and the outcome after the reply. A run that dies leaves
 each claimed message either without the mark (requeued by the next run) or with it (``unknown``).
@@ -105,6 +111,7 @@ class Engine:
         self.paused = False
         self.wait_for_deferred = True
         self._claimed: dict[int, Job] = {}
+        self._suppressed: set[int] = set()  # ids of claimed messages suppressed since the claim
         self.failure: Exception | None = None
         self.cancelled = False
         self._busy: set[asyncio.Task[Any]] = set()
@@ -272,7 +279,10 @@ class Engine:
             for message in claimed:
                 job = Job(message)
                 self._claimed[message.id] = job
-                self.pending.append(job)
+                if message.suppressed:
+                    self._skip_suppressed(job)
+                else:
+                    self.pending.append(job)
             if claimed:
                 self.pending_ready.set()
                 continue
@@ -477,6 +487,9 @@ class Engine:
 
     async def _attempt(self, relay: RelayState[Job], connection: RelayConnection, job: Job) -> None:
         message = job.message
+        if message.id in self._suppressed:
+            self._skip_suppressed(job)
+            return
         try:
             composed = self.composer.compose(
                 message.key,
@@ -551,6 +564,7 @@ class Engine:
         record = self._record(job, relay, reply, duration, state, attempts, message_id)
         self.recorder.record(Outcome(message.id, state, attempts, due, first, record))
         self._claimed.pop(message.id, None)
+        self._suppressed.discard(message.id)
         self.stats.outcomes[state] += 1
         self._spend_error_budget(state)
 
@@ -629,6 +643,7 @@ class Engine:
             now = self.clock()
             row = await self._db(self.store.get_campaign, self.campaign.name)
             await self._db(self.store.heartbeat, self.run_id, now)
+            await self._poll_suppressions()
             lease = self.campaign.sending.lease
             if now - renewed >= lease / 3:
                 await self._db(self.store.renew_lease, self.row.id, self.run_id, now + lease)
@@ -648,6 +663,34 @@ class Engine:
                 await self._release_unstarted()
                 if not self.wait_for_deferred:
                     self.request_stop("paused")
+
+    # Suppression
+
+    async def _poll_suppressions(self) -> None:
+        """Note the claimed messages whose address was suppressed after they were claimed."""
+        ids = await self._db(self.store.suppressed_claims, self.row.id, self.run_id)
+        self._suppressed.update(i for i in ids if i in self._claimed)
+
+    def _skip_suppressed(self, job: Job) -> None:
+        """Record a message as suppressed instead of sending it; it counts as no attempt."""
+        message = job.message
+        now = self.clock()
+        record = LogRecord(
+            type="suppressed",
+            time=now,
+            message=message.id,
+            message_id=message_id_for(self.campaign.name, message.key, self.campaign.from_domain),
+            recipient=message.address,
+            text="on the suppression list; not sent",
+            line=message.line,
+        )
+        first = message.first_attempt_at
+        self.recorder.record(
+            Outcome(message.id, "suppressed", message.attempts, now, first, record)
+        )
+        self._claimed.pop(message.id, None)
+        self._suppressed.discard(message.id)
+        self.stats.outcomes["suppressed"] += 1
 
     async def _release_unstarted(self) -> None:
         """Release claimed messages that no session has taken yet, so a pause keeps none."""

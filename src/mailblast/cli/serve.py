@@ -37,6 +37,14 @@ def register(commands: Any) -> None:
         "--secret-file", metavar="PATH", help="file holding the secret, instead of --secret-env"
     )
     serve.add_argument(
+        "--unsubscribe-path",
+        type=_url_path,
+        default="/unsubscribe",
+        metavar="PATH",
+        help="URL path of the one-click unsubscribe endpoint: the path of the campaigns'"
+        " [unsubscribe] url (default /unsubscribe)",
+    )
+    serve.add_argument(
         "--control-token-env",
         default=DEFAULT_CONTROL_TOKEN_ENV,
         metavar="NAME",
@@ -47,6 +55,14 @@ def register(commands: Any) -> None:
         "--control-token-file", metavar="PATH", help="file holding the control token instead"
     )
     serve.set_defaults(handler=run_serve)
+
+
+def _url_path(text: str) -> str:
+    if not text.startswith("/") or "?" in text or "#" in text:
+        raise argparse.ArgumentTypeError(
+            f"invalid path {text!r}; give a URL path such as /unsubscribe, without query"
+        )
+    return text
 
 
 def read_serve_secrets(arguments: argparse.Namespace) -> tuple[bytes | None, str | None]:
@@ -81,8 +97,12 @@ def run_serve(arguments: argparse.Namespace) -> int:
         store=StoreAccess(arguments.store),
         unsubscribe_secret=secret,
         control_token=control_token,
+        unsubscribe_path=arguments.unsubscribe_path,
     )
     app = create_app(context)
     log.info("serving store %s on http://%s:%d/", arguments.store, arguments.host, arguments.port)
-    uvicorn.run(app, host=arguments.host, port=arguments.port, log_level="warning")
+    # No access log: request lines carry unsubscribe tokens in their query strings.
+    uvicorn.run(
+        app, host=arguments.host, port=arguments.port, log_level="warning", access_log=False
+    )
     return 0

@@ -10,6 +10,7 @@ Message states::
     queued ─► sending ─► sent | deferred | bounced | failed | unknown
     deferred ─► (due) sending;  deferred past the maximum age ─► expired
     queued or deferred when the campaign is cancelled ─► cancelled
+    queued, deferred or sending when the address is on the suppression list ─► suppressed
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-FINAL_STATES = frozenset({"sent", "bounced", "failed", "expired", "cancelled"})
+FINAL_STATES = frozenset({"sent", "bounced", "failed", "expired", "cancelled", "suppressed"})
 MESSAGE_STATES = (
     "queued",
     "sending",
@@ -29,6 +30,7 @@ MESSAGE_STATES = (
     "unknown",
     "expired",
     "cancelled",
+    "suppressed",
 )
 LOG_TYPES = frozenset(
     {
@@ -102,6 +104,7 @@ class ClaimedMessage:
     fields: str  # JSON object, parsed only when the message is composed
     attempts: int
     first_attempt_at: float | None
+    suppressed: bool = False  # the address was on the suppression list when it was claimed
 
 
 @dataclass(slots=True)
@@ -158,7 +161,7 @@ class Outcome:
     state: str
     attempts: int
     due_at: float
-    first_attempt_at: float
+    first_attempt_at: float | None  # None for a message never attempted
     record: LogRecord
 
 
@@ -180,6 +183,25 @@ class LoadChunkResult:
     queued: int = 0
     duplicates: list[tuple[LoadRow, int]] = field(default_factory=list)  # (row, line of first)
     suppressed: list[LoadRow] = field(default_factory=list)
+
+
+# Suppression list
+
+SUPPRESSION_REASONS = ("unsubscribed", "hard-bounce", "soft-bounce", "complaint", "manual")
+EVERY_CAMPAIGN = 0  # the campaign_id of a suppression that applies to every campaign
+
+
+@dataclass(slots=True)
+class Suppression:
+    """One entry of the suppression list, unique by (key, campaign_id)."""
+
+    key: str  # recipients.normalise_address's de-duplication key
+    address: str
+    reason: str  # one of SUPPRESSION_REASONS
+    campaign_id: int  # EVERY_CAMPAIGN, or the id of the one campaign it applies to
+    origin: str | None  # name of the campaign that caused it (an unsubscribe, a bounce)
+    time: float
+    campaign: str | None = None  # name of campaign_id, filled in when read from the store
 
 
 @dataclass(slots=True)
@@ -283,7 +305,54 @@ class Store(Protocol):
 
     def lease_owners(self, campaign_id: int) -> list[str]: ...
 
+    # Suppression list. A campaign_id of None in a filter means every scope.
+
     def is_suppressed(self, campaign_id: int, key: str) -> bool: ...
+
+    def add_suppression(
+        self,
+        key: str,
+        address: str,
+        reason: str,
+        campaign_id: int,
+        now: float,
+        origin: str | None = None,
+        record: LogRecord | None = None,
+    ) -> bool:
+        """Add one entry; return False, changing nothing, when (key, campaign_id) is listed.
+
+        A new entry's ``record`` is appended to the delivery log of the campaign named by
+        ``origin`` in the same transaction, when that campaign is in the store.
+        """
+        ...
+
+    def add_suppressions(self, entries: Sequence[Suppression]) -> int:
+        """Add entries in one transaction, keeping existing ones; return how many were new."""
+        ...
+
+    def remove_suppressions(
+        self, campaign_id: int, keys: Sequence[str] | None = None, reason: str | None = None
+    ) -> int:
+        """Remove the given keys, or with no keys every entry of that reason, from one scope."""
+        ...
+
+    def count_suppressions(
+        self, campaign_id: int | None = None, reason: str | None = None
+    ) -> int: ...
+
+    def list_suppressions(
+        self,
+        campaign_id: int | None = None,
+        reason: str | None = None,
+        after: tuple[str, int] | None = None,
+        limit: int = 1000,
+    ) -> list[Suppression]:
+        """Return up to ``limit`` entries after the (key, campaign_id) ``after``, in that order."""
+        ...
+
+    def suppressed_claims(self, campaign_id: int, owner: str) -> list[int]:
+        """Return the ids of messages ``owner`` has claimed whose address is now suppressed."""
+        ...
 
     def iter_log(self, campaign_id: int) -> Iterator[dict[str, Any]]: ...
 

@@ -74,8 +74,9 @@ CREATE TABLE IF NOT EXISTS suppressions (
     key TEXT NOT NULL,
     campaign_id INTEGER NOT NULL DEFAULT 0,
     address TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    time REAL NOT NULL,
+    reason TEXT NOT NULL,                 -- unsubscribed | hard-bounce | complaint | manual
+    time REAL NOT NULL,                   -- when it was first added; re-adding keeps it
+    origin TEXT,                          -- name of the campaign that caused it, if any
     PRIMARY KEY (key, campaign_id)
 );
 

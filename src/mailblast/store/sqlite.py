@@ -30,6 +30,7 @@ from mailblast.store.base import (
     Outcome,
     RecoveryResult,
     RelayActivity,
+    Suppression,
 )
 
 SCHEMA_VERSION = 1
@@ -51,6 +52,12 @@ _CAMPAIGN_COLUMNS = (
     "id, name, settings, status, status_reason, created_at, started_at, finished_at, loaded_at,"
     " load_line, rows_read, rows_rejected, rows_duplicate, rows_suppressed"
 )
+_SUPPRESSION_INSERT = (
+    "INSERT INTO suppressions (key, campaign_id, address, reason, origin, time)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key, campaign_id) DO NOTHING"
+)
+# Columns added after a store's tables were first created: (table, column, SQL type).
+_ADDED_COLUMNS = (("suppressions", "origin", "TEXT"),)
 
 
 def _log_values(campaign_id: int, record: LogRecord) -> tuple[Any, ...]:
@@ -83,6 +90,19 @@ def _campaign(row: tuple[Any, ...]) -> CampaignRow:
     return CampaignRow(*values)
 
 
+def _suppression_filter(campaign_id: int | None, reason: str | None) -> tuple[str, list[Any]]:
+    """Return the WHERE condition on suppressions (alias s) and its values."""
+    conditions = ["1 = 1"]
+    values: list[Any] = []
+    if campaign_id is not None:
+        conditions.append("s.campaign_id = ?")
+        values.append(campaign_id)
+    if reason is not None:
+        conditions.append("s.reason = ?")
+        values.append(reason)
+    return " AND ".join(conditions), values
+
+
 class SQLiteStore:
     """The Store interface on one SQLite file."""
 
@@ -107,6 +127,7 @@ class SQLiteStore:
         schema = resources.files("mailblast.store").joinpath("schema_sqlite.sql").read_text()
         with self.db:
             self.db.executescript(schema)
+            self._add_columns()
             row = self.db.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 self.db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
@@ -115,6 +136,13 @@ class SQLiteStore:
                     f"store {self.path} has schema version {row[0]}, newer than this mailblast"
                     f" ({SCHEMA_VERSION}); upgrade mailblast"
                 )
+
+    def _add_columns(self) -> None:
+        """Add the columns that a store created by an earlier version lacks."""
+        for table, column, kind in _ADDED_COLUMNS:
+            present = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def _write(self, operation: str, function: Any, *args: Any) -> Any:
         """Run function in one transaction; raise SQLite failures as StoreError naming the file."""
@@ -264,7 +292,13 @@ class SQLiteStore:
                 " RETURNING id, line, address, key, smtputf8, fields, attempts, first_attempt_at",
                 (owner, lease_until, campaign_id, now, limit),
             ).fetchall()
-            return sorted((ClaimedMessage(*row) for row in rows), key=lambda m: m.id)
+            claimed = sorted((ClaimedMessage(*row) for row in rows), key=lambda m: m.id)
+            # A separate query, because SQLite 3.40 scans the whole suppression list for a
+            # subquery in RETURNING instead of using its primary key.
+            suppressed = self._suppressed_keys(campaign_id, [m.key for m in claimed])
+            for message in claimed:
+                message.suppressed = message.key in suppressed
+            return claimed
 
         result: list[ClaimedMessage] = self._write("claiming messages", run)
         return result
@@ -437,16 +471,107 @@ class SQLiteStore:
         ).fetchone()
         return row is not None
 
+    # Suppression list
+
     def add_suppression(
-        self, key: str, address: str, reason: str, campaign_id: int, now: float
-    ) -> None:
-        self._write(
-            "adding a suppression",
-            self.db.execute,
-            "INSERT OR REPLACE INTO suppressions (key, campaign_id, address, reason, time)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (key, campaign_id, address, reason, now),
+        self,
+        key: str,
+        address: str,
+        reason: str,
+        campaign_id: int,
+        now: float,
+        origin: str | None = None,
+        record: LogRecord | None = None,
+    ) -> bool:
+        def run() -> bool:
+            values = (key, campaign_id, address, reason, origin, now)
+            if self.db.execute(_SUPPRESSION_INSERT, values).rowcount == 0:
+                return False
+            if record is not None and origin is not None:
+                self._log_for_campaign(origin, key, record)
+            return True
+
+        added: bool = self._write("adding a suppression", run)
+        return added
+
+    def _log_for_campaign(self, name: str, key: str, record: LogRecord) -> None:
+        """Append a record to a campaign's log, tied to its message for that key if any."""
+        campaign = self.db.execute("SELECT id FROM campaigns WHERE name = ?", (name,)).fetchone()
+        if campaign is None:
+            return
+        message = self.db.execute(
+            "SELECT id, line FROM messages WHERE campaign_id = ? AND key = ?", (campaign[0], key)
+        ).fetchone()
+        if message is not None:
+            record.message, record.line = message
+        self.db.execute(_LOG_INSERT, _log_values(campaign[0], record))
+
+    def add_suppressions(self, entries: Sequence[Suppression]) -> int:
+        values = [(e.key, e.campaign_id, e.address, e.reason, e.origin, e.time) for e in entries]
+        cursor = self._write(
+            "adding suppressions", self.db.executemany, _SUPPRESSION_INSERT, values
         )
+        return int(cursor.rowcount)
+
+    def remove_suppressions(
+        self, campaign_id: int, keys: Sequence[str] | None = None, reason: str | None = None
+    ) -> int:
+        condition = "campaign_id = ?" + (" AND reason = ?" if reason else "")
+        scope = (campaign_id, reason) if reason else (campaign_id,)
+        if keys is None:
+            statement = f"DELETE FROM suppressions WHERE {condition}"
+            cursor = self._write("removing suppressions", self.db.execute, statement, scope)
+        else:
+            statement = f"DELETE FROM suppressions WHERE key = ? AND {condition}"
+            values = [(key, *scope) for key in keys]
+            cursor = self._write("removing suppressions", self.db.executemany, statement, values)
+        return int(cursor.rowcount)
+
+    def count_suppressions(self, campaign_id: int | None = None, reason: str | None = None) -> int:
+        condition, values = _suppression_filter(campaign_id, reason)
+        row = self.db.execute(f"SELECT count(*) FROM suppressions s WHERE {condition}", values)
+        return int(row.fetchone()[0])
+
+    def list_suppressions(
+        self,
+        campaign_id: int | None = None,
+        reason: str | None = None,
+        after: tuple[str, int] | None = None,
+        limit: int = 1000,
+    ) -> list[Suppression]:
+        condition, values = _suppression_filter(campaign_id, reason)
+        if after is not None:
+            condition += " AND (s.key, s.campaign_id) > (?, ?)"
+            values.extend(after)
+        rows = self.db.execute(
+            "SELECT s.key, s.address, s.reason, s.campaign_id, s.origin, s.time, c.name"
+            " FROM suppressions s LEFT JOIN campaigns c ON c.id = s.campaign_id"
+            f" WHERE {condition} ORDER BY s.key, s.campaign_id LIMIT ?",
+            (*values, limit),
+        ).fetchall()
+        return [Suppression(*row) for row in rows]
+
+    def _suppressed_keys(self, campaign_id: int, keys: Sequence[str]) -> set[str]:
+        """Return which of the keys are suppressed for the campaign, querying 500 keys at a time."""
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            part = keys[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(
+                f"SELECT key FROM suppressions WHERE key IN ({marks}) AND campaign_id IN (0, ?)",
+                (*part, campaign_id),
+            )
+            found.update(row[0] for row in rows)
+        return found
+
+    def suppressed_claims(self, campaign_id: int, owner: str) -> list[int]:
+        rows = self.db.execute(
+            "SELECT m.id FROM messages m WHERE m.campaign_id = ? AND m.state = 'sending'"
+            " AND m.lease_owner = ? AND EXISTS (SELECT 1 FROM suppressions s"
+            " WHERE s.key = m.key AND s.campaign_id IN (0, ?))",
+            (campaign_id, owner, campaign_id),
+        ).fetchall()
+        return [row[0] for row in rows]
 
     def iter_log(self, campaign_id: int) -> Iterator[dict[str, Any]]:
         name_row = self.db.execute("SELECT name FROM campaigns WHERE id = ?", (campaign_id,))

@@ -57,8 +57,9 @@ class ServeContext:
     """What the route handlers share: the store and the secrets read at start-up."""
 
     store: StoreAccess
-    unsubscribe_secret: bytes | None  # None: the unsubscribe routes are not served
+    unsubscribe_secret: bytes | None  # None: the unsubscribe path answers 503
     control_token: str | None  # None: the dashboard is read-only
+    unsubscribe_path: str = "/unsubscribe"  # the path of the campaigns' [unsubscribe] url
 
 
 async def _healthz(request: Request) -> PlainTextResponse:
