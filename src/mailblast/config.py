@@ -501,20 +501,29 @@ _DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
 def _dns_name(value: str, path: str, example: str, problems: _Problems) -> str | None:
-    """Return a domain name or selector in lower-case A-label form; None after a problem.
+    is_domain = path.endswith("domain")
+    name = normalize_dns_name(value, min_labels=2 if is_domain else 1)
+    if name is None:
+        kind = "domain name" if is_domain else "selector (DNS labels)"
+        problems.add(path, f"{value!r} is not a valid {kind}, such as {example!r}")
+    return name
 
-    A domain needs at least two labels. Internationalised names are converted with IDNA.
+
+def normalize_dns_name(value: str, min_labels: int) -> str | None:
+    """Return a host name in lower-case A-label form, or None when it is not a valid one.
+
+    Internationalised names are converted with IDNA. Labels are letters, digits and inner
+    hyphens, at most 63 characters. A trailing dot is not accepted.
     """
     try:
         name = value if value.isascii() else idna.encode(value, uts46=True).decode("ascii")
     except idna.IDNAError:
-        name = ""
+        return None
     name = name.lower()
     labels = name.split(".")
-    valid = all(_DNS_LABEL.fullmatch(label) for label in labels) and len(name) <= 253
-    if not valid or ("domain" in path and len(labels) < 2):
-        kind = "domain name" if "domain" in path else "selector (DNS labels)"
-        problems.add(path, f"{value!r} is not a valid {kind}, such as {example!r}")
+    if len(labels) < min_labels or len(name) > 253:
+        return None
+    if not all(_DNS_LABEL.fullmatch(label) for label in labels):
         return None
     return name
 
