@@ -17,6 +17,7 @@ from conftest import person_rows, relay_block, write_campaign, write_list
 from mailblast import blast
 from mailblast.cli.main import main
 from mailblast.config import Campaign, load_campaign
+from mailblast.demo import write_demo
 from mailblast.dkimkey import dns_record, private_key_pem, read_private_key, txt_strings
 from mailblast.errors import ConfigError
 from mailblast.sink import ThreadedSink
@@ -363,3 +364,17 @@ def test_keygen_help(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert exited.value.code == 0
     assert "--algorithm {rsa,ed25519}" in capsys.readouterr().out
+
+
+def test_demo_campaign_signed(tmp_path: Path) -> None:
+    path = write_demo(tmp_path, [2525, 2526, 2527], 5)
+    campaign = load_campaign(path)
+    record = public_record(tmp_path / "dkim-demo.pem")
+
+    data = blast.preview(campaign)
+
+    assert campaign.unsubscribe is not None
+    assert stat.S_IMODE((tmp_path / "unsubscribe.secret").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "dkim-demo.pem").stat().st_mode) == 0o600
+    assert b"\r\nList-Unsubscribe: <http://127.0.0.1:8025/unsubscribe?token=" in data
+    assert verify_all(data, {b"demo._domainkey.example.com.": record}) == [True]

@@ -470,9 +470,9 @@ def _read_dkim(
             problems.add(prefix, "must be a table")
             continue
         problems.unknown(table, _DKIM_KEYS, f"{prefix}.")
-        one = _read_dkim_table(table, prefix, base_dir, problems)
-        if one is not None:
-            settings.append(one)
+        table_settings = _read_dkim_table(table, prefix, base_dir, problems)
+        if table_settings is not None:
+            settings.append(table_settings)
     return tuple(settings)
 
 

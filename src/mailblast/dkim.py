@@ -138,10 +138,10 @@ def canonicalize_header(field: bytes) -> bytes:
     return name.rstrip(b" \t").lower() + b":" + value + CRLF
 
 
-def canonical_headers(head: bytes, wanted: Sequence[str]) -> tuple[list[str], bytes]:
+def canonical_headers(head: bytes, names_to_sign: Sequence[str]) -> tuple[list[str], bytes]:
     """Return the ``h=`` names and the canonical fields they select from a header block.
 
-    Each wanted name that is present is listed once, then From once more so that a From field
+    Each name to sign that is present is listed once, then From once more so that a From field
     added below the signature makes it fail (RFC 6376 section 8.15). Fields are taken from the
     bottom up when a name repeats, as section 5.4.2 specifies. A listed name without a field
     left selects nothing.
@@ -151,7 +151,7 @@ def canonical_headers(head: bytes, wanted: Sequence[str]) -> tuple[list[str], by
         name = raw.partition(b":")[0].rstrip(b" \t").lower()
         fields.setdefault(name, []).append(raw)
 
-    names = [name for name in wanted if name.lower().encode("ascii") in fields]
+    names = [name for name in names_to_sign if name.lower().encode("ascii") in fields]
     names.append("From")
     selected = []
     for name in names:
@@ -202,8 +202,10 @@ def _pieces(tag: str) -> Iterator[str]:
         pieces[0] = "h=" + pieces[0]
         yield from pieces
     elif name in ("b", "bh"):
-        yield name + "="
-        for start in range(0, len(value), _BASE64_PIECE):
+        # The name stays with the first characters of the value, so no line ends in "b=".
+        # Relaxed canonicalization makes the signed header the same wherever the fold falls.
+        yield name + "=" + value[:_BASE64_PIECE]
+        for start in range(_BASE64_PIECE, len(value), _BASE64_PIECE):
             yield value[start : start + _BASE64_PIECE]
     else:
         yield tag

@@ -1,6 +1,6 @@
 """DKIM keys: read and check a campaign's key files, generate keys, write their DNS records.
 
-A key file is PEM, PKCS #8 ("BEGIN PRIVATE KEY"), unencrypted, and holds an RSA key of at least
+A key file is PEM, PKCS #8 ("BEGIN PRIVATE KEY"), unencrypted, and contains an RSA key of at least
 2048 bits or an Ed25519 key. Errors name the key file and the campaign key path, never any part
 of the key.
 """
@@ -8,6 +8,7 @@ of the key.
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,11 +17,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from mailblast.config import DkimSettings
 from mailblast.dkim import DkimSigner, PrivateKey, SigningKey
-from mailblast.errors import ConfigError
+from mailblast.errors import ConfigError, MailblastError
 
 MIN_RSA_BITS = 2048
 RSA_BITS = 2048
 ALGORITHMS = ("rsa", "ed25519")
+SECRET_FILE_MODE = 0o600
 MAX_TXT_STRING = 255  # RFC 1035 section 3.3.14: a character-string is at most 255 octets
 _UNENCRYPTED_HINT = (
     "store it unencrypted, for example with `openssl pkey -in KEY -out NEW.pem`,"
@@ -39,14 +41,14 @@ def load_signing_keys(settings: Sequence[DkimSettings]) -> list[SigningKey]:
     """Read and check every key file; raise ConfigError listing every problem found."""
     problems: list[str] = []
     keys: list[SigningKey] = []
-    for index, one in enumerate(settings):
+    for index, entry in enumerate(settings):
         path = "dkim" if len(settings) == 1 else f"dkim[{index}]"
         try:
-            private_key = read_private_key(one.private_key_file, f"{path}.private_key_file")
+            private_key = read_private_key(entry.private_key_file, f"{path}.private_key_file")
         except ConfigError as error:
             problems.extend(error.problems)
             continue
-        keys.append(SigningKey(one.domain, one.selector, private_key))
+        keys.append(SigningKey(entry.domain, entry.selector, private_key))
 
     algorithms = [key.algorithm for key in keys]
     if len(set(algorithms)) < len(algorithms):
@@ -148,3 +150,19 @@ def zone_line(domain: str, selector: str, record: str) -> str:
     """Return the record as a zone-file line: the name, TXT and the quoted strings."""
     quoted = " ".join(f'"{part}"' for part in txt_strings(record))
     return f"{selector}._domainkey.{domain}. IN TXT ( {quoted} )"
+
+
+def write_secret_file(path: Path, data: bytes, force: bool) -> None:
+    """Write a key or secret file readable by its owner only; replace one only with ``force``."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        descriptor = os.open(path, flags, SECRET_FILE_MODE)
+    except FileExistsError:
+        raise MailblastError(
+            f"{path} already exists; choose another --output or add --force to replace it"
+        ) from None
+    except OSError as error:
+        raise MailblastError(f"cannot write {path}: {error.strerror}") from None
+    with os.fdopen(descriptor, "wb") as handle:
+        os.fchmod(descriptor, SECRET_FILE_MODE)  # a replaced file may have had a wider mode
+        handle.write(data)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from mailblast.config import normalize_dns_name
-from mailblast.dkimkey import ALGORITHMS, dns_record, generate_key, private_key_pem, zone_line
+from mailblast.dkimkey import (
+    ALGORITHMS,
+    dns_record,
+    generate_key,
+    private_key_pem,
+    write_secret_file,
+    zone_line,
+)
 from mailblast.errors import MailblastError
-
-KEY_MODE = 0o600
 
 
 def register(commands: Any) -> None:
@@ -52,7 +56,7 @@ def run_keygen(arguments: argparse.Namespace) -> int:
 
     key = generate_key(arguments.algorithm)
     output = Path(arguments.output)
-    write_private_key(output, private_key_pem(key), arguments.force)
+    write_secret_file(output, private_key_pem(key), arguments.force)
     print(
         f"wrote the {arguments.algorithm} private key to {output} (mode 0600); publish this"
         f" TXT record at {selector}._domainkey.{domain}:",
@@ -60,19 +64,3 @@ def run_keygen(arguments: argparse.Namespace) -> int:
     )
     print(zone_line(domain, selector, dns_record(key)))
     return 0
-
-
-def write_private_key(path: Path, pem: bytes, force: bool) -> None:
-    """Write a key file readable by its owner only; never replace one unless ``force``."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-    try:
-        descriptor = os.open(path, flags, KEY_MODE)
-    except FileExistsError:
-        raise MailblastError(
-            f"{path} already exists; choose another --output or add --force to replace it"
-        ) from None
-    except OSError as error:
-        raise MailblastError(f"cannot write {path}: {error.strerror}") from None
-    with os.fdopen(descriptor, "wb") as handle:
-        os.fchmod(descriptor, KEY_MODE)  # a replaced file may have had a wider mode
-        handle.write(pem)
