@@ -1,7 +1,7 @@
 """Measure the cost of DKIM signing and List-Unsubscribe per message, with dkimpy as reference.
 
 Every case composes or signs the same personalized message (a text and an HTML part, about
-1.5 kB) ``--messages`` times per run. It reports the CPU time per message in microseconds,
+2 kB) ``--messages`` times per run. It reports the CPU time per message in microseconds,
 measured with ``time.process_time``, which other processes on a busy machine do not inflate:
 
 - ``compose``: Composer.compose without unsubscribe or DKIM;
