@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from conftest import person_rows, relay_block, write_campaign, write_list
 from mailblast import blast
+from mailblast.alignment import aligned
 from mailblast.cli.main import main
 from mailblast.config import Campaign, load_campaign
 from mailblast.demo import write_demo
@@ -378,3 +379,18 @@ def test_demo_campaign_signed(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "dkim-demo.pem").stat().st_mode) == 0o600
     assert b"\r\nList-Unsubscribe: <http://127.0.0.1:8025/unsubscribe?token=" in data
     assert verify_all(data, {b"demo._domainkey.example.com.": record}) == [True]
+
+
+@pytest.mark.parametrize(
+    ("domain", "from_domain", "expected"),
+    [
+        ("mail.example.com", "example.com", True),
+        ("example.com", "news.example.com", True),
+        ("a.example.co.uk", "b.example.co.uk", True),
+        ("example.co.uk", "other.co.uk", False),
+        ("example.net", "example.com", False),
+        ("xn--bcher-kva.example", "bücher.example", True),
+    ],
+)
+def test_relaxed_alignment(domain: str, from_domain: str, expected: bool) -> None:
+    assert aligned(domain, from_domain) is expected

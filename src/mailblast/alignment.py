@@ -21,11 +21,15 @@ def _suffix_list() -> PublicSuffixList:
 def organizational_domain(domain: str) -> str:
     """Return a domain's organizational domain in lower-case A-label form.
 
-    A public suffix, or a name the list does not cover, is its own organizational domain.
+    A public suffix, a name the list does not cover, or a name that IDNA cannot encode is its
+    own organizational domain.
     """
     name = domain.lower().rstrip(".")
     if not name.isascii():
-        name = idna.encode(name, uts46=True).decode("ascii")
+        try:
+            name = idna.encode(name, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            return name
     return _suffix_list().privatesuffix(name) or name
 
 
