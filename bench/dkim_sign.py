@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from mailblast.compose import Composer
 from mailblast.config import Campaign, UnsubscribeSettings, parse_campaign
 from mailblast.dkim import SIGNED_HEADERS, DkimSigner, SigningKey
-from mailblast.dkimkey import private_key_pem
 from mailblast.render import CompiledTemplates
+from mailblast.signingkey import private_key_pem
 from mailblast.unsubscribe import UnsubscribeLinks
 
 TEXT = (

@@ -19,8 +19,8 @@ from mailblast.dkim import (
     canonicalize_body,
     canonicalize_header,
 )
-from mailblast.dkimkey import dns_record
 from mailblast.render import CompiledTemplates
+from mailblast.signingkey import dns_record
 from test_compose import COLUMNS, NOW, ROWS, Row, links_for, make_campaign
 
 DOMAIN = "example.com"

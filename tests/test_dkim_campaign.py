@@ -19,8 +19,8 @@ from mailblast.alignment import aligned
 from mailblast.cli.main import main
 from mailblast.config import Campaign, load_campaign
 from mailblast.demo import write_demo
-from mailblast.dkimkey import dns_record, private_key_pem, read_private_key, txt_strings
 from mailblast.errors import ConfigError
+from mailblast.signingkey import dns_record, private_key_pem, read_private_key, txt_strings
 from mailblast.sink import ThreadedSink
 from test_dkim import verify_all
 

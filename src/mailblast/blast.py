@@ -20,7 +20,6 @@ from mailblast.alignment import aligned, organizational_domain
 from mailblast.compose import Composer
 from mailblast.config import Campaign
 from mailblast.dkim import DkimSigner
-from mailblast.dkimkey import load_signer
 from mailblast.engine import Engine, RunStats
 from mailblast.errors import MailblastError
 from mailblast.load import LoadReport, load_list
@@ -28,6 +27,7 @@ from mailblast.recipients import Recipient, list_columns, read_recipients
 from mailblast.relay.classify import Scope
 from mailblast.relay.connection import RelayConnection, SessionError
 from mailblast.render import CompiledTemplates
+from mailblast.signingkey import load_signer
 from mailblast.store import open_store
 from mailblast.store.base import MESSAGE_STATES, CampaignRow
 from mailblast.store.sqlite import SQLiteStore

@@ -447,7 +447,7 @@ def _read_dkim(
     """Read ``[dkim]`` (one key) or ``[[dkim]]`` (up to two keys, one per algorithm).
 
     The key files are only checked to exist here. They are read and parsed when a send,
-    preview or check starts, by mailblast.dkimkey.load_signing_keys.
+    preview or check starts, by mailblast.signingkey.load_signing_keys.
     """
     value = data.get("dkim")
     if value is None:

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from mailblast.dkimkey import generate_key, private_key_pem, write_secret_file
+from mailblast.signingkey import generate_key, private_key_pem, write_secret_file
 
 UNSUBSCRIBE_SECRET_FILE = "unsubscribe.secret"
 DKIM_KEY_FILE = "dkim-demo.pem"

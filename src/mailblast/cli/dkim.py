@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from mailblast.config import normalize_dns_name
-from mailblast.dkimkey import (
+from mailblast.errors import MailblastError
+from mailblast.signingkey import (
     ALGORITHMS,
     dns_record,
     generate_key,
@@ -16,7 +17,6 @@ from mailblast.dkimkey import (
     write_secret_file,
     zone_line,
 )
-from mailblast.errors import MailblastError
 
 
 def register(commands: Any) -> None:

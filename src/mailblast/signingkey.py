@@ -1,8 +1,8 @@
-"""DKIM keys: read and check a campaign's key files, generate keys, write their DNS records.
+"""DKIM signing keys: read and check a campaign's key files, generate keys, make DNS records.
 
-A key file is PEM, PKCS #8 ("BEGIN PRIVATE KEY"), unencrypted, and contains an RSA key of at least
-2048 bits or an Ed25519 key. Errors name the key file and the campaign key path, never any part
-of the key.
+A key file is PEM, PKCS #8 ("BEGIN PRIVATE KEY"), unencrypted, and contains an RSA key of at
+least 2048 bits or an Ed25519 key. Errors name the key file and the campaign key path, never
+any part of the key.
 """
 
 from __future__ import annotations
