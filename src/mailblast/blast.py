@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailblast.alignment import aligned, organizational_domain
 from mailblast.compose import Composer
 from mailblast.config import Campaign
+from mailblast.dkim import DkimSigner
 from mailblast.engine import Engine, RunStats
 from mailblast.errors import MailblastError
 from mailblast.load import LoadReport, load_list
@@ -25,6 +27,7 @@ from mailblast.recipients import Recipient, list_columns, read_recipients
 from mailblast.relay.classify import Scope
 from mailblast.relay.connection import RelayConnection, SessionError
 from mailblast.render import CompiledTemplates
+from mailblast.signingkey import load_signer
 from mailblast.store import open_store
 from mailblast.store.base import MESSAGE_STATES, CampaignRow
 from mailblast.store.sqlite import SQLiteStore
@@ -63,10 +66,28 @@ def prepare(campaign: Campaign) -> tuple[SQLiteStore, CampaignRow, Composer]:
     templates = compile_templates(campaign)
     for relay in campaign.relays:
         relay.password()  # an unset variable or unreadable file stops here, before any load
-    unsubscribe = unsubscribe_links(campaign)
+    composer = build_composer(campaign, templates)
     store = open_store(campaign.store)
     row = store.upsert_campaign(campaign.name, campaign.to_dict(), time.time())
-    return store, row, Composer(campaign, templates, unsubscribe=unsubscribe)
+    return store, row, composer
+
+
+def build_composer(campaign: Campaign, templates: CompiledTemplates) -> Composer:
+    """Build the campaign's Composer; reads the unsubscribe secret and the DKIM key files.
+
+    Raises ConfigError when the secret is unset or a key file is unreadable or invalid.
+    """
+    return Composer(
+        campaign,
+        templates,
+        unsubscribe=unsubscribe_links(campaign),
+        dkim=dkim_signer(campaign),
+    )
+
+
+def dkim_signer(campaign: Campaign) -> DkimSigner | None:
+    """Read the campaign's DKIM keys; raises ConfigError naming a bad key file."""
+    return load_signer(campaign.dkim)
 
 
 def unsubscribe_links(campaign: Campaign) -> UnsubscribeLinks | None:
@@ -74,6 +95,37 @@ def unsubscribe_links(campaign: Campaign) -> UnsubscribeLinks | None:
     if campaign.unsubscribe is None:
         return None
     return UnsubscribeLinks(campaign.unsubscribe, campaign.name, campaign.unsubscribe.secret())
+
+
+def deliverability_warnings(campaign: Campaign) -> list[str]:
+    """Return what would make mailbox providers junk or reject the campaign's messages.
+
+    Since 2024 the large providers require bulk senders to pass DMARC, which needs the DKIM
+    domain or the envelope sender domain aligned with the From domain, and to offer one-click
+    unsubscribe.
+    """
+    warnings = []
+    from_domain = campaign.from_domain
+    dkim_domains = [settings.domain for settings in campaign.dkim]
+    envelope_domain = campaign.envelope_sender.rpartition("@")[2]
+    if not campaign.dkim:
+        warnings.append(
+            "no [dkim] table: messages are not DKIM-signed; create a key with"
+            " `mailblast dkim keygen` and add [dkim]"
+        )
+    if not any(aligned(domain, from_domain) for domain in [*dkim_domains, envelope_domain]):
+        dkim_text = f"the DKIM domain ({', '.join(dkim_domains)}) nor " if dkim_domains else ""
+        warnings.append(
+            f"neither {dkim_text}the envelope sender domain ({envelope_domain}) aligns with the"
+            f" From domain ({from_domain}), so DMARC fails; sign with a domain under"
+            f" {organizational_domain(from_domain)} or send from one"
+        )
+    if campaign.unsubscribe is None:
+        warnings.append(
+            "no [unsubscribe] table: messages carry no List-Unsubscribe header, which bulk"
+            " senders must offer; add [unsubscribe] with the url that `mailblast serve` answers"
+        )
+    return warnings
 
 
 def load_if_needed(
@@ -208,9 +260,7 @@ def first_recipients(campaign: Campaign, limit: int) -> Iterator[Recipient]:
 
 def preview(campaign: Campaign, row_number: int = 1) -> bytes:
     """Return the exact bytes the ``row_number``-th accepted recipient would get."""
-    composer = Composer(
-        campaign, compile_templates(campaign), unsubscribe=unsubscribe_links(campaign)
-    )
+    composer = build_composer(campaign, compile_templates(campaign))
     found = list(first_recipients(campaign, row_number))
     if len(found) < row_number:
         raise MailblastError(
@@ -230,9 +280,7 @@ def send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[tuple[str,
 
 async def _send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[tuple[str, bool]]:
     """Send proofs over the first relay that accepts a session; return (line, accepted) pairs."""
-    composer = Composer(
-        campaign, compile_templates(campaign), unsubscribe=unsubscribe_links(campaign)
-    )
+    composer = build_composer(campaign, compile_templates(campaign))
     results = []
     for relay in campaign.relays:
         connection = RelayConnection(relay)

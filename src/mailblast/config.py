@@ -8,6 +8,7 @@ Secret values are never part of it: relays carry the name of an environment vari
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from email.headerregistry import Address
@@ -15,6 +16,8 @@ from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import idna
 
 from mailblast.errors import ConfigError
 from mailblast.units import parse_duration, parse_rate
@@ -138,6 +141,18 @@ def check_unsubscribe_secret(value: str, owner: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class DkimSettings:
+    """One DKIM signing identity. Only the key file's path is kept, never the key."""
+
+    domain: str  # d= tag, A-label form
+    selector: str  # s= tag
+    private_key_file: str  # PEM (PKCS #8); RSA or Ed25519, by the key's type
+
+
+MAX_DKIM_KEYS = 2  # one RSA and one Ed25519
+
+
+@dataclass(frozen=True)
 class Templates:
     """Template sources as loaded; the store keeps these so a campaign can be resumed by name."""
 
@@ -163,6 +178,7 @@ class Campaign:
     relays: tuple[RelaySettings, ...]
     sending: SendingSettings = field(default_factory=SendingSettings)
     unsubscribe: UnsubscribeSettings | None = None
+    dkim: tuple[DkimSettings, ...] = ()
     store: str = "mailblast.db"
     base_dir: str = "."
 
@@ -180,6 +196,7 @@ class Campaign:
         values["relays"] = tuple(RelaySettings(**relay) for relay in values["relays"])
         if values.get("unsubscribe") is not None:
             values["unsubscribe"] = UnsubscribeSettings(**values["unsubscribe"])
+        values["dkim"] = tuple(DkimSettings(**table) for table in values.get("dkim", ()))
         return cls(**values)
 
     @property
@@ -219,7 +236,8 @@ _SENDING_KEYS = {
 }
 _RELAY_KEYS = {f for f in RelaySettings.__dataclass_fields__}
 _UNSUBSCRIBE_KEYS = {"url", "mailto", "secret_env", "secret_file"}
-_TOP_KEYS = {"campaign", "recipients", "relay", "sending", "unsubscribe"}
+_DKIM_KEYS = {"domain", "selector", "private_key_file"}
+_TOP_KEYS = {"campaign", "recipients", "relay", "sending", "unsubscribe", "dkim"}
 
 
 class _Problems:
@@ -371,6 +389,7 @@ def parse_campaign(data: dict[str, Any], base_dir: Path, source: str) -> Campaig
     sending = _read_sending(data, problems)
     relays = _read_relays(data, base_dir, problems)
     unsubscribe = _read_unsubscribe(data, base_dir, problems)
+    dkim = _read_dkim(data, base_dir, problems)
 
     if problems.items:
         raise ConfigError(problems.items)
@@ -386,6 +405,7 @@ def parse_campaign(data: dict[str, Any], base_dir: Path, source: str) -> Campaig
         relays=tuple(relays),
         sending=sending,
         unsubscribe=unsubscribe,
+        dkim=dkim,
         store=store,
         base_dir=str(base_dir),
     )
@@ -419,6 +439,93 @@ def _read_unsubscribe(
         secret_env=None if secret_file else secret_env,
         secret_file=_resolve(base_dir, secret_file) if secret_file else None,
     )
+
+
+def _read_dkim(
+    data: dict[str, Any], base_dir: Path, problems: _Problems
+) -> tuple[DkimSettings, ...]:
+    """Read ``[dkim]`` (one key) or ``[[dkim]]`` (up to two keys, one per algorithm).
+
+    The key files are only checked to exist here. They are read and parsed when a send,
+    preview or check starts, by mailblast.signingkey.load_signing_keys.
+    """
+    value = data.get("dkim")
+    if value is None:
+        return ()
+    if isinstance(value, dict):
+        tables: list[tuple[str, Any]] = [("dkim", value)]
+    elif isinstance(value, list) and 0 < len(value) <= MAX_DKIM_KEYS:
+        tables = [(f"dkim[{index}]", table) for index, table in enumerate(value)]
+    else:
+        problems.add(
+            "dkim",
+            f"expected a [dkim] table or 1 to {MAX_DKIM_KEYS} [[dkim]] tables (one RSA key,"
+            " one Ed25519 key)",
+        )
+        return ()
+
+    settings = []
+    for prefix, table in tables:
+        if not isinstance(table, dict):
+            problems.add(prefix, "must be a table")
+            continue
+        problems.unknown(table, _DKIM_KEYS, f"{prefix}.")
+        table_settings = _read_dkim_table(table, prefix, base_dir, problems)
+        if table_settings is not None:
+            settings.append(table_settings)
+    return tuple(settings)
+
+
+def _read_dkim_table(
+    table: dict[str, Any], prefix: str, base_dir: Path, problems: _Problems
+) -> DkimSettings | None:
+    domain = _get(table, "domain", str, problems, f"{prefix}.domain", required=True)
+    selector = _get(table, "selector", str, problems, f"{prefix}.selector", required=True)
+    key_file = _get(
+        table, "private_key_file", str, problems, f"{prefix}.private_key_file", required=True
+    )
+    if domain is not None:
+        domain = _dns_name(domain, f"{prefix}.domain", "example.com", problems)
+    if selector is not None:
+        selector = _dns_name(selector, f"{prefix}.selector", "s1", problems)
+    if key_file is not None:
+        key_file = _resolve(base_dir, key_file)
+        if not Path(key_file).is_file():
+            problems.add(f"{prefix}.private_key_file", f"key file {key_file} not found")
+    if domain is None or selector is None or key_file is None:
+        return None
+    return DkimSettings(domain=domain, selector=selector, private_key_file=key_file)
+
+
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def _dns_name(value: str, path: str, example: str, problems: _Problems) -> str | None:
+    is_domain = path.endswith("domain")
+    name = normalize_dns_name(value, min_labels=2 if is_domain else 1)
+    if name is None:
+        kind = "domain name" if is_domain else "selector (DNS labels)"
+        problems.add(path, f"{value!r} is not a valid {kind}, such as {example!r}")
+    return name
+
+
+def normalize_dns_name(value: str, min_labels: int) -> str | None:
+    """Return a host name in lower-case A-label form, or None when it is not a valid one.
+
+    Internationalised names are converted with IDNA. Labels are letters, digits and inner
+    hyphens, at most 63 characters. A trailing dot is not accepted.
+    """
+    try:
+        name = value if value.isascii() else idna.encode(value, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return None
+    name = name.lower()
+    labels = name.split(".")
+    if len(labels) < min_labels or len(name) > 253:
+        return None
+    if not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        return None
+    return name
 
 
 _LOOPBACK_HOSTS = {"127.0.0.1", "::1", "[::1]", "localhost"}

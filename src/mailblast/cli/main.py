@@ -15,7 +15,20 @@ from collections.abc import Sequence
 from rich.logging import RichHandler
 
 from mailblast import __version__
-from mailblast.cli import bounces, demo, dns, log, plan, relays, send, serve, sink, status, suppress
+from mailblast.cli import (
+    bounces,
+    demo,
+    dkim,
+    dns,
+    log,
+    plan,
+    relays,
+    send,
+    serve,
+    sink,
+    status,
+    suppress,
+)
 from mailblast.cli.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED
 from mailblast.cli.progress import STDERR
 from mailblast.errors import ConfigError, MailblastError, TemplateError
@@ -31,7 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log debug detail and show tracebacks"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (send, status, log, sink, demo, serve, dns, plan, relays, bounces, suppress):
+    for module in (
+        send,
+        status,
+        log,
+        sink,
+        demo,
+        serve,
+        dns,
+        plan,
+        relays,
+        bounces,
+        suppress,
+        dkim,
+    ):
         module.register(commands)
     return parser
 

@@ -76,6 +76,11 @@ def run_check(arguments: argparse.Namespace) -> int:
             relay.password()
         except ConfigError as error:
             problems.extend(error.problems)
+    for read_secrets in (blast.unsubscribe_links, blast.dkim_signer):
+        try:
+            read_secrets(campaign)
+        except ConfigError as error:
+            problems.extend(error.problems)
     accepted = rejected = 0
     for item in read_recipients(campaign.recipients):
         if isinstance(item, Rejected):
@@ -90,6 +95,8 @@ def run_check(arguments: argparse.Namespace) -> int:
     print(f"relays: {', '.join(relay.name for relay in campaign.relays)}")
     if accepted == 0:
         problems.append(f"{campaign.recipients.path}: no acceptable recipient")
+    for warning in blast.deliverability_warnings(campaign):
+        print(f"warning: {warning}")
     if problems:
         raise TemplateError(problems)
     print(f"campaign {campaign.name}: ok")
