@@ -14,9 +14,10 @@ from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mailblast.errors import MailblastError
+from mailblast.signingkey import public_key_material
 
 MIN_RSA_BITS = 1024  # RFC 8301 section 3.2: verifiers must not accept smaller keys
 GOOD_RSA_BITS = 2048
@@ -73,18 +74,15 @@ def load_local_key(path: str | Path) -> LocalDkimKey:
             " give the RSA or Ed25519 key the messages are signed with"
         ) from error
     public = private.public_key()
-    if isinstance(public, ed25519.Ed25519PublicKey):
-        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return LocalDkimKey(str(path), PublishedKey("ed25519", raw))
-    if isinstance(public, rsa.RSAPublicKey):
-        info = public.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        return LocalDkimKey(str(path), PublishedKey("rsa", info, public.public_numbers()))
-    raise MailblastError(
-        f"DKIM key file {path} contains a {type(private).__name__},"
-        " but DKIM uses RSA or Ed25519 keys"
-    )
+    try:
+        kind, material = public_key_material(public)
+    except TypeError:
+        raise MailblastError(
+            f"DKIM key file {path} contains a {type(private).__name__},"
+            " but DKIM uses RSA or Ed25519 keys"
+        ) from None
+    numbers = public.public_numbers() if isinstance(public, rsa.RSAPublicKey) else None
+    return LocalDkimKey(str(path), PublishedKey(kind, material, numbers))
 
 
 def parse_tags(record: str) -> dict[str, str]:

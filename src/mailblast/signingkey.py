@@ -118,22 +118,26 @@ def private_key_pem(key: PrivateKey) -> bytes:
 
 
 def dns_record(key: PrivateKey) -> str:
-    """Return the DKIM key record (RFC 6376 section 3.6.1) of a key's public half.
+    """Return the DKIM key record (RFC 6376 section 3.6.1) of a key's public half."""
+    kind, public = public_key_material(key.public_key())
+    return f"v=DKIM1; k={kind}; p={base64.b64encode(public).decode('ascii')}"
+
+
+def public_key_material(public: object) -> tuple[str, bytes]:
+    """Return the ``k=`` key type and the ``p=`` octets of an RSA or Ed25519 public key.
 
     ``p=`` is the DER SubjectPublicKeyInfo for RSA and the raw 32-octet public key for
-    Ed25519 (RFC 8463 section 4), both in base64.
+    Ed25519 (RFC 8463 section 4). Raises TypeError for another key type.
     """
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        public = key.public_key().public_bytes(
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        return "ed25519", public.public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
-        kind = "ed25519"
-    else:
-        public = key.public_key().public_bytes(
+    if isinstance(public, rsa.RSAPublicKey):
+        return "rsa", public.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        kind = "rsa"
-    return f"v=DKIM1; k={kind}; p={base64.b64encode(public).decode('ascii')}"
+    raise TypeError(f"{type(public).__name__} is not an RSA or Ed25519 public key")
 
 
 def txt_strings(record: str) -> list[str]:
