@@ -265,6 +265,25 @@ Diagnostic-Code: X-Postfix; delivery temporarily suspended: 421 Service not avai
 
 --b2--
 """,
+    "headers quoted without indentation": """\
+From: mailer-daemon@mail.example.net
+To: sender@example.com
+Subject: Undelivered Mail Returned to Sender
+Message-ID: <zoho-1@mail.example.net>
+
+This message was created automatically by mail delivery software.
+A message that you sent could not be delivered to one or more of its recipients. \
+This is a permanent error.
+
+person@example.org Invalid Address, ERROR_CODE :550, ERROR_CODE :Requested action not taken: \
+mailbox unavailable
+
+
+Message-ID:<1418381365.12345@mail.example.net>
+From:Sender <sender@example.com>
+Subject:Spring sale
+To:<person@example.org>
+""",
     "mailing list loop alert": """\
 From: list-admin@example.org
 To: list-admin@example.org

@@ -73,6 +73,7 @@ def test_classify_failure_table(
         ("rcpt to line from post_master", ["person@example.net"], "hard"),
         ("multipart with unparsed boundary", ["person@example.net"], "hard"),
         ("dsn quoted in plain text", ["final@example.org", "person@example.org"], "soft"),
+        ("headers quoted without indentation", ["person@example.org"], "hard"),
         ("mailing list loop alert", ["list@example.org"], "soft"),
     ],
 )

@@ -314,11 +314,13 @@ def _heuristic_failures(message: Message) -> list[Failure]:
         return []
     text = notification_text(message)
     failures = []
-    found = [(a, "delayed") for a in temporary] + [(a, "failed") for a in permanent]
+    found = [(a, "delayed") for a in sorted(temporary)] + [(a, "failed") for a in sorted(permanent)]
     listed = listed_recipients(text)
+    # flufl.bounce's text patterns can also pick up the sender or a quoted Message-ID.
+    senders = _quoted_sender_addresses(text)
     for raw, action in found:
         address = raw.decode("ascii", "replace").strip("<>").lower()
-        if not _is_address(address):
+        if not _is_address(address) or address in senders:
             continue
         # A header such as X-Failed-Recipients may name the address differently from the
         # text, so the reason is looked up under the text's name for it.
@@ -373,11 +375,9 @@ def _text_failures(message: Message, original: Message | None) -> list[Failure]:
     """
     text = notification_text(message)
     own = {a.lower() for _, a in getaddresses(_own_address_fields(message))}
-    # Lines quoting the returned message's headers name its sender and Message-ID, not
-    # a recipient.
-    quoted = "\n".join(line for line in text.splitlines() if not _QUOTED_HEADER.match(line))
-    found = [a.lower() for a in _ADDRESS.findall(quoted)]
-    addresses = [a for a in dict.fromkeys(found) if a not in own and not _DAEMON_FROM.match(a)]
+    senders = own | _quoted_sender_addresses(text)
+    found = [a.lower() for a in _ADDRESS.findall(text)]
+    addresses = [a for a in dict.fromkeys(found) if a not in senders and not _DAEMON_FROM.match(a)]
     if not addresses and original is not None:
         addresses = [a.lower() for _, a in getaddresses(original.get_all("To", [])) if "@" in a]
 
@@ -392,6 +392,20 @@ def _text_failures(message: Message, original: Message | None) -> list[Failure]:
         bounce_class = classify_failure(status, code, diagnostic, "failed", command)
         failures.append(Failure(address, bounce_class, None, "failed", status, code, diagnostic))
     return failures
+
+
+def _quoted_sender_addresses(text: str) -> set[str]:
+    """Return the addresses that ``text`` mentions only on lines quoting sender headers.
+
+    Such lines (From, Return-Path, Message-ID, MAIL FROM and similar) name the returned
+    message's sender or its Message-ID, never a failed recipient.
+    """
+    quoted: set[str] = set()
+    elsewhere: set[str] = set()
+    for line in text.lower().splitlines():
+        side = quoted if _QUOTED_HEADER.match(line) else elsewhere
+        side.update(_ADDRESS.findall(line))
+    return quoted - elsewhere
 
 
 def _own_address_fields(message: Message) -> list[str]:
