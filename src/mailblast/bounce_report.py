@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from email import message_from_string
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 from enum import StrEnum
@@ -37,6 +38,8 @@ from mailblast.bounce_text import (
     NOT_ACCEPTING_TEXT,
     diagnostic_near,
     has_signal,
+    inline_copy,
+    listed_recipients,
     notification_text,
     paragraph_near,
     rejected_command,
@@ -55,16 +58,19 @@ _AUTO_REPLY_SUBJECT = re.compile(
     r"abwesenheit|absence|away from",
     re.I,
 )
-_DAEMON_FROM = re.compile(r"mailer-daemon|postmaster|mail delivery|mailerdaemon", re.I)
+_DAEMON_FROM = re.compile(r"mailer-daemon|post_?master|mail delivery|mailerdaemon", re.I)
 _BOUNCE_SUBJECT = re.compile(
     r"undeliver|undelivered|returned mail|delivery (status|failure|failed|notification|"
     r"has failed|problem)|failure notice|mail delivery|could not (be )?deliver|"
     r"non[- ]?delivery|rejected|nicht zustellbar|message not delivered|returned to sender|"
-    r"could not be delivered|was not delivered|delivery to the following",
+    r"could not be delivered|was not delivered|delivery to the following|"
+    # Notices of a mail loop: the message was dropped instead of delivered.
+    r"mail loop|loop (alert|detected)",
     re.I,
 )
 _QUOTED_HEADER = re.compile(
-    r"^\W*(message-id|from|sender|reply-to|return-path|in-reply-to|references)\s*:", re.I
+    r"^\W*(message-id|from|sender|reply-to|return-path|in-reply-to|references|mail from)\s*:",
+    re.I,
 )
 _ADDRESS = re.compile(r"[\w.+=-]+@[\w-]+(?:\.[\w-]+)+")
 
@@ -94,7 +100,7 @@ class Failure:
 
     recipient: str  # Final-Recipient, or the address a non-standard bounce names
     bounce_class: BounceClass
-    original_recipient: str | None = None
+    original_recipient: str | None = None  # Original-Recipient, or the text's other name
     action: str | None = None  # failed | delayed for a DSN
     status: str | None = None
     code: int | None = None
@@ -143,7 +149,11 @@ def read_report(message: Message) -> Report:
         return _ses_report(ses, original)
     failures = _dsn_failures(message) or _heuristic_failures(message)
     if not failures and _looks_like_bounce(message, original):
-        failures = _text_failures(message, original)
+        quoted = _quoted_bounce(message)
+        if quoted is not None:
+            failures = _dsn_failures(quoted)
+            original = original or _original_headers(quoted)
+        failures = failures or _text_failures(message, original)
     if failures:
         return Report(ReportKind.BOUNCE, failures, original)
     if _is_auto_reply(message):
@@ -225,6 +235,20 @@ def _dsn_failures(message: Message) -> list[Failure]:
             failure = _dsn_failure(block, text, single=len(failed) == 1)
             if failure is not None:
                 failures.append(failure)
+    return _with_listed_alias(failures, text)
+
+
+def _with_listed_alias(failures: list[Failure], text: str) -> list[Failure]:
+    """File a lone failure also under the one, different address that the text lists as failed.
+
+    The text and the structured fields (Final-Recipient, X-Failed-Recipients) can name one
+    recipient differently, for example before and after alias or directory rewriting.
+    """
+    if len(failures) != 1 or failures[0].original_recipient is not None:
+        return failures
+    listed = listed_recipients(text)
+    if len(listed) == 1 and listed[0] != failures[0].recipient:
+        failures[0].original_recipient = listed[0]
     return failures
 
 
@@ -290,19 +314,36 @@ def _heuristic_failures(message: Message) -> list[Failure]:
         return []
     text = notification_text(message)
     failures = []
-    found = [(a, "delayed") for a in temporary] + [(a, "failed") for a in permanent]
+    found = [(a, "delayed") for a in sorted(temporary)] + [(a, "failed") for a in sorted(permanent)]
+    listed = listed_recipients(text)
+    # flufl.bounce's text patterns can also pick up the sender or a quoted Message-ID.
+    senders = _quoted_sender_addresses(text)
     for raw, action in found:
         address = raw.decode("ascii", "replace").strip("<>").lower()
-        if not _is_address(address):
+        if not _is_address(address) or address in senders:
             continue
-        diagnostic = diagnostic_near(text, address)
+        # A header such as X-Failed-Recipients may name the address differently from the
+        # text, so the reason is looked up under the text's name for it.
+        mention = address
+        if len(found) == 1 and len(listed) == 1 and address not in text.lower():
+            mention = listed[0]
+        diagnostic = diagnostic_near(text, mention)
         if not has_signal(diagnostic):
             diagnostic = " ".join(text.split())[:2000]
         status, code = _status_in(diagnostic), _code_in(diagnostic)
-        command = _command_for(text, address, single=len(found) == 1)
+        command = _command_for(text, mention, single=len(found) == 1)
         bounce_class = classify_failure(status, code, diagnostic, action, command)
         failures.append(Failure(address, bounce_class, None, action, status, code, diagnostic))
-    return failures
+    return _with_listed_alias(failures, text)
+
+
+def _quoted_bounce(message: Message) -> Message | None:
+    """Return the DSN that a plain-text notice quotes inline, as some providers forward them."""
+    copy = inline_copy(message)
+    if copy is None:
+        return None
+    quoted = message_from_string(copy)
+    return quoted if quoted.get_content_type() == "multipart/report" else None
 
 
 def _ses_report(notification: dict[str, Any], original: Message | None) -> Report:
@@ -334,11 +375,9 @@ def _text_failures(message: Message, original: Message | None) -> list[Failure]:
     """
     text = notification_text(message)
     own = {a.lower() for _, a in getaddresses(_own_address_fields(message))}
-    # Lines quoting the returned message's headers name its sender and Message-ID, not
-    # a recipient.
-    quoted = "\n".join(line for line in text.splitlines() if not _QUOTED_HEADER.match(line))
-    found = [a.lower() for a in _ADDRESS.findall(quoted)]
-    addresses = [a for a in dict.fromkeys(found) if a not in own and not _DAEMON_FROM.match(a)]
+    senders = own | _quoted_sender_addresses(text)
+    found = [a.lower() for a in _ADDRESS.findall(text)]
+    addresses = [a for a in dict.fromkeys(found) if a not in senders and not _DAEMON_FROM.match(a)]
     if not addresses and original is not None:
         addresses = [a.lower() for _, a in getaddresses(original.get_all("To", [])) if "@" in a]
 
@@ -353,6 +392,20 @@ def _text_failures(message: Message, original: Message | None) -> list[Failure]:
         bounce_class = classify_failure(status, code, diagnostic, "failed", command)
         failures.append(Failure(address, bounce_class, None, "failed", status, code, diagnostic))
     return failures
+
+
+def _quoted_sender_addresses(text: str) -> set[str]:
+    """Return the addresses that ``text`` mentions only on lines quoting sender headers.
+
+    Such lines (From, Return-Path, Message-ID, MAIL FROM and similar) name the returned
+    message's sender or its Message-ID, never a failed recipient.
+    """
+    quoted: set[str] = set()
+    elsewhere: set[str] = set()
+    for line in text.lower().splitlines():
+        side = quoted if _QUOTED_HEADER.match(line) else elsewhere
+        side.update(_ADDRESS.findall(line))
+    return quoted - elsewhere
 
 
 def _own_address_fields(message: Message) -> list[str]:
@@ -402,8 +455,6 @@ def _original_headers(message: Message) -> Message | None:
             assert isinstance(inner, Message)
             return inner
         if content_type == "text/rfc822-headers":
-            from email import message_from_string
-
             payload = part.get_payload(decode=True)
             if isinstance(payload, bytes):
                 return message_from_string(payload.decode("utf-8", "replace"))

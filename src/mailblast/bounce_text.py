@@ -13,7 +13,8 @@ from mailblast.relay.classify import Command
 
 # The receiver rejects the sender, the content or the sending host; the recipient exists.
 BLOCK_TEXT = re.compile(
-    r"spam|black ?list|block ?list|blocked|rbl|dnsbl|spamhaus|spamcop|reputation|"
+    # "they may be blacklisted" in a list of possible causes is no statement of a block.
+    r"spam|(?<!may be )black ?list|block ?list|blocked|rbl|dnsbl|spamhaus|spamcop|reputation|"
     r"poor reputation|listed (at|in|on) (an? )?(rbl|dnsbl|spam|block|black)|policy|"
     r"not (permitted|authori[sz]ed|allowed) to send|sender (address )?(rejected|denied|"
     r"blocked|verify failed|unknown|domain)|domain of sender|sender domain|\bspf\b|dmarc|"
@@ -76,7 +77,9 @@ HARD_TEXT = re.compile(
     r"address rejected|no valid recipients|user not exist|invalid .{0,20}userid|"
     r"domain is not reachable|illegal (host|domain)|couldn't find a mail exchanger|"
     r"address couldn't be found|not listed in (the )?"
-    r"(domino directory|public name)",
+    r"(domino directory|public name)|"
+    # Some Exim setups report an unroutable domain with this hedged text, as a permanent error.
+    r"(account|address|mailbox|domain)( or (account|domain))? may not exist",
     re.I,
 )
 # Temporary conditions: the message may still arrive or a later one may.
@@ -91,9 +94,18 @@ SOFT_TEXT = re.compile(
 _RETURNED_COPY = re.compile(
     r"^\s*(-+\s*(original message|this is a copy|below this line|the header of the original|"
     r"original message headers?|undelivered message)|Content-Type: message/rfc822|"
-    r"Return-Path: |Received: from )",
+    r"Return-Path: |Received: from |original (mail|message) (as follows|follows)|"
+    r"From \S+ +(Mon|Tue|Wed|Thu|Fri|Sat|Sun) )",
     re.I | re.M,
 )
+# A line that ends a heading over a list of failed addresses, such as Exim's "The following
+# address(es) failed:" or Lotus Domino's "was not delivered to:".
+_FAILED_LIST_HEADING = re.compile(
+    r"(failed|not (been )?delivered to|could not be delivered to|unable to deliver "
+    r"(your message )?to the following addresses)\s*:\s*$",
+    re.I,
+)
+_ADDRESS_LINE = re.compile(r"^\s*<?([\w.+=-]+@[\w-]+(?:\.[\w-]+)+)>?\s*$")
 _MAX_DIAGNOSTIC_LINES = 8
 _LEADING_ADDRESS = re.compile(r"^\s*[\"<*]?\s*([\w.+=-]+@[\w-]+(?:\.[\w-]+)+)")
 _STATUS = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b|(?<![\d.])[45]\d\d(?:[ -]|$)")
@@ -111,7 +123,10 @@ def notification_text(message: Message) -> str:
         return _cut_returned_copy(decoded_text(message))
     texts = []
     for part in _parts_outside_returned(message):
-        if part.get_content_type() in ("text/plain", "text/html"):
+        # A multipart part left unsplit, because its boundary parameter could not be parsed,
+        # still carries the notification text among its raw MIME lines.
+        unsplit = part.get_content_maintype() == "multipart"
+        if unsplit or part.get_content_type() in ("text/plain", "text/html"):
             text = decoded_text(part)
             if part.get_content_type() == "text/html":
                 text = re.sub(r"<[^>]+>", " ", text)
@@ -160,6 +175,34 @@ def paragraph_near(text: str, address: str) -> str:
         if lowered in paragraph.lower():
             return " ".join(paragraph.split())
     return ""
+
+
+def listed_recipients(text: str) -> list[str]:
+    """Return the addresses that ``text`` lists, one a line, under a failed-addresses heading.
+
+    A list ends at the first line that is neither indented nor blank nor an address.
+    """
+    found: list[str] = []
+    in_list = False
+    for line in text.splitlines():
+        if _FAILED_LIST_HEADING.search(line):
+            in_list = True
+            continue
+        match = _ADDRESS_LINE.match(line)
+        if in_list and match:
+            found.append(match.group(1).lower())
+        elif line.strip() and not line[:1].isspace():
+            in_list = False
+    return list(dict.fromkeys(found))
+
+
+def inline_copy(message: Message) -> str | None:
+    """Return the message that a single-part bounce quotes in its text, from its first line."""
+    if message.is_multipart():
+        return None
+    text = decoded_text(message)
+    match = _RETURNED_COPY.search(text)
+    return text[match.start() :].lstrip() if match else None
 
 
 def _starts_with_other_address(line: str, address: str) -> bool:
