@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailblast import aio
 from mailblast.compose import Composer
 from mailblast.config import Campaign
 from mailblast.engine import Engine, RunStats
@@ -97,7 +98,7 @@ def send(
         row = store.get_campaign(campaign.name) or row
         engine = Engine(store, campaign, row, composer)
         try:
-            stats = asyncio.run(_run_engine(engine, wait, install_signal_handlers, on_start))
+            stats = aio.run(_run_engine(engine, wait, install_signal_handlers, on_start))
         except asyncio.CancelledError:
             # A second SIGINT or SIGTERM cancelled the run; the next send takes back its claims.
             raise KeyboardInterrupt from None
@@ -214,7 +215,7 @@ def preview(campaign: Campaign, row_number: int = 1) -> bytes:
 
 def send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[tuple[str, bool]]:
     """Send the first rows' messages to a proof address, outside the campaign's records."""
-    return asyncio.run(_send_proofs(campaign, test_to, limit))
+    return aio.run(_send_proofs(campaign, test_to, limit))
 
 
 async def _send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[tuple[str, bool]]:

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import ssl
 from collections.abc import Sequence
+from typing import cast
 
 from mailblast.relay.protocol import ReplyProtocol, SMTPConnectionLost, SMTPReply
 
@@ -117,8 +118,7 @@ class SMTPClient:
         except BaseException:
             transport.abort()
             raise
-        assert isinstance(upgraded, asyncio.Transport)
-        self.protocol.transport = upgraded
+        self.protocol.transport = cast(asyncio.Transport, upgraded)
         self.extensions = {}
         return reply
 
