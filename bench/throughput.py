@@ -12,7 +12,7 @@ message. In the same run two references push messages of the same size into the 
 Usage, from the repository root::
 
     .venv/bin/python bench/throughput.py [--recipients 100000] [--relays 3]
-        [--connections-per-relay 8] [--runs 3] [--workdir DIR]
+        [--connections-per-relay 8] [--processes 1] [--runs 3] [--workdir DIR]
 
 The figures of every run go to ``WORKDIR/throughput.json``. When ``smtp-sink`` or
 ``smtp-source`` is missing, the script installs Debian's ``postfix`` package with debconf set
@@ -211,6 +211,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="max_messages_per_connection of each relay; smtp-source reuses each connection"
         " for all its messages",
     )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="sender processes (mailblast send --processes)"
+    )
     parser.add_argument("--runs", type=int, default=3, help="measured runs")
     parser.add_argument(
         "--workdir",
@@ -221,7 +224,8 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     arguments = parser.parse_args(argv)
 
-    for name in ("recipients", "relays", "connections_per_relay", "messages_per_connection"):
+    counts = ("recipients", "relays", "connections_per_relay", "messages_per_connection")
+    for name in (*counts, "processes"):
         if getattr(arguments, name) < 1:
             option = "--" + name.replace("_", "-")
             parser.error(f"{option} {getattr(arguments, name)} must be at least 1")
@@ -410,9 +414,16 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-def run_mailblast(campaign_file: Path, directory: Path) -> dict[str, float | int | None]:
-    """Run ``mailblast send`` as a child process and return its wall time, rusage and load time."""
+def run_mailblast(
+    campaign_file: Path, directory: Path, processes: int
+) -> dict[str, float | int | None]:
+    """Run ``mailblast send`` as a child process and return its wall time, rusage and load time.
+
+    With several sender processes, ``wait4`` adds their CPU time to the parent's and reports
+    the largest resident set size among them.
+    """
     command = [str(Path(sys.executable).parent / "mailblast"), "send", str(campaign_file)]
+    command += ["--processes", str(processes)]
     with open(directory / "send.out", "wb") as output, open(directory / "send.err", "wb") as err:
         started = time.monotonic()
         process = subprocess.Popen(command, stdout=output, stderr=err)
@@ -513,7 +524,7 @@ def measure_run(
 
     machine_before = busy_cpu_seconds()
     sinks_before = sum(process_cpu_seconds(sink.process.pid) for sink in sinks)
-    send = run_mailblast(campaign_file, directory)
+    send = run_mailblast(campaign_file, directory, arguments.processes)
     machine_cpu = busy_cpu_seconds() - machine_before
     sinks_cpu = sum(process_cpu_seconds(sink.process.pid) for sink in sinks) - sinks_before
     sent, send_seconds = sent_span(directory / "store.db")
