@@ -1,4 +1,4 @@
-"""A loopback SMTP server that answers from a table, for client tests that need exact replies.
+"""A loopback SMTP server that replies from a table, for client tests that need exact replies.
 
 It records each line as it arrives, together with whether a reply to MAIL was still pending,
 so a test can tell pipelined commands from lock-step ones.

@@ -2,7 +2,7 @@
 
 One event loop saturates one core long before loopback relays do, so ``send --processes N``
 starts N sender processes. Each runs its own engine with its own share of every relay's
-``max_connections`` and ``rate``; the shares add up to the relay's limits, so the limits hold in
+``max_connections`` and ``rate``. The shares add up to the relay's limits, so the limits hold in
 total. Each engine claims messages under its own lease owner, so no message goes out twice.
 
 The parent loads the list first, then forks the senders (after closing its store, since a
@@ -77,7 +77,7 @@ def send_in_processes(
 def _run_children(
     campaign: Campaign, shares: list[list[RelaySettings]], wait: bool
 ) -> list[RunStats]:
-    """Fork one sender per share, pass SIGINT and SIGTERM on to them, and collect their stats."""
+    """Fork one sender per share, pass SIGTERM on to them, and collect their stats."""
     context = multiprocessing.get_context("fork")
     children = []
     for share in shares:
@@ -90,7 +90,7 @@ def _run_children(
     def forward(number: int, frame: FrameType | None) -> None:
         # A terminal's Ctrl-C reaches every process of the group, so only SIGTERM is passed on.
         # NOTE: a SIGTERM sent to the whole group reaches each sender twice, which stops it at
-        # once instead of after its in-flight messages; send SIGTERM to this process alone.
+        # once instead of after its in-flight messages. Send SIGTERM to this process alone.
         if number == signal.SIGTERM:
             for child, _ in children:
                 if child.is_alive():

@@ -1,9 +1,9 @@
 """A lean SMTP client: EHLO, STARTTLS, AUTH PLAIN/LOGIN and pipelined mail transactions.
 
 Replies are returned, never raised: the caller classifies each one. Only transport problems
-(connection lost, timeout, TLS failure) raise, as SMTPConnectionLost, OSError or ssl.SSLError.
-MAIL, RCPT and DATA go out in one write when the relay advertises PIPELINING (RFC 2920), and
-one at a time otherwise.
+(connection lost, timeout, TLS failure) raise, as SMTPConnectionLost, TimeoutError, OSError or
+ssl.SSLError. MAIL, RCPT and DATA go out in one write when the relay advertises PIPELINING
+(RFC 2920), and one at a time otherwise.
 """
 
 from __future__ import annotations

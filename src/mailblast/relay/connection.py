@@ -221,7 +221,7 @@ class RelayConnection:
         """Send MAIL, RCPT and DATA; return None after the relay's 354, else the first refusal.
 
         With PIPELINING the three lines go out together and every reply is read, so that the
-        session stays in step; without it each command waits for the previous reply.
+        session stays in step. Without it, each command waits for the previous reply.
         """
         refusal: Reply | None = None
         if self.pipelining:
@@ -233,7 +233,7 @@ class RelayConnection:
             except _CONNECTION_ERRORS:
                 if refusal is None:
                     raise
-                # A relay that refused MAIL with 421 closes without answering the rest.
+                # A relay that rejected MAIL with 421 closes without replying to the rest.
                 self.close()
                 return refusal
             if refusal is None and not _accepted(command, reply.code):
@@ -313,14 +313,14 @@ _ENVELOPE_COMMANDS = (Command.MAIL, Command.RCPT, Command.DATA)
 
 
 def _accepted(command: Command, code: int) -> bool:
-    """Whether a reply lets the transaction go on: 354 to DATA, any 2xx to MAIL and RCPT."""
+    """Return whether a reply lets the transaction go on: 354 to DATA, 2xx to MAIL and RCPT."""
     if command is Command.DATA:
         return code == S354_START_INPUT
     return 200 <= code < 300
 
 
 def _refused(command: Command, reply: SMTPReply) -> Reply:
-    """Classify a reply that ended a step; a positive code where another was expected is lost."""
+    """Classify a reply that ended a step; an unexpected positive code is a lost session."""
     classified = classify(command, reply.code, reply.text)
     if classified.scope is not Scope.SUCCESS:
         return classified

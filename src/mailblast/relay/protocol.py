@@ -2,7 +2,7 @@
 
 Replies are matched to readers first in, first out, which is what RFC 2920 pipelining needs: a
 client that wrote three commands reads three replies. A reader that times out or is cancelled
-aborts the connection, because a later reply could otherwise be taken as the answer to a later
+aborts the connection, because a later reply could otherwise be taken as the reply to a later
 command.
 """
 
@@ -53,7 +53,7 @@ class ReplyProtocol(asyncio.Protocol):
         return self._lost is None and self.transport is not None and not self.transport.is_closing()
 
     def has_unread(self) -> bool:
-        """Whether reply bytes arrived that no command asked for (checked before STARTTLS)."""
+        """Return whether bytes arrived that no command requested (checked before STARTTLS)."""
         return bool(self._buffer or self._lines or self._replies)
 
     # asyncio callbacks
