@@ -56,6 +56,20 @@ def test_processes_out_of_range(tmp_path: Path, start_sink: Callable[..., Thread
     assert sink.stats.messages == 0
 
 
+def test_processes_with_test_to_rejected(
+    tmp_path: Path, start_sink: Callable[..., ThreadedSink]
+) -> None:
+    sink = start_sink()
+    write_list(tmp_path / "attendees.csv", person_rows(3))
+    campaign_file = write_campaign(tmp_path, [relay_block("only", sink.port)])
+
+    result = send(campaign_file, "--processes", "2", "--test-to", "proof@example.org")
+
+    assert result.returncode == 2
+    assert "--processes applies to a campaign send" in result.stderr
+    assert sink.stats.messages == 0
+
+
 @pytest.mark.parametrize(
     ("connections", "rate", "processes", "expected"),
     [

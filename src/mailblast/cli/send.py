@@ -110,6 +110,8 @@ def run_send(arguments: argparse.Namespace) -> int:
             "--limit applies only to proofs sent with --test-to ADDRESS; a campaign send has"
             " no limit (use 'mailblast pause' to stop one)"
         )
+    if arguments.processes != 1 and arguments.test_to:
+        raise MailblastError("--processes applies to a campaign send, not to proofs (--test-to)")
     campaign = load_campaign(arguments.campaign)
     if arguments.test_to:
         limit = 3 if arguments.limit is None else arguments.limit
