@@ -100,6 +100,17 @@ def test_reply_malformed_line_fails() -> None:
         asyncio.run(parse())
 
 
+def test_reply_after_malformed_line_not_read() -> None:
+    async def parse() -> SMTPReply:
+        protocol = ReplyProtocol()
+        protocol.data_received(b"250 first\r\nnot a reply\r\n250 later\r\n")
+        await protocol.read_reply(1)
+        return await protocol.read_reply(1)
+
+    with pytest.raises(SMTPConnectionLost, match="not a reply"):
+        asyncio.run(parse())
+
+
 def test_dot_stuffing() -> None:
     assert dot_stuff(b".a\r\nb\r\n.\r\n..c\r\n") == b"..a\r\nb\r\n..\r\n...c\r\n.\r\n"
     assert dot_stuff(b"no newline at end") == b"no newline at end\r\n.\r\n"

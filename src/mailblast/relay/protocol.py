@@ -17,6 +17,7 @@ from mailblast.errors import MailblastError
 
 # RFC 5321 section 4.5.3.1.5 allows 512 octets per reply line; some relays send longer texts.
 MAX_REPLY_LINE = 8192
+MAX_REPLY_LINES = 1000
 
 
 class SMTPConnectionLost(MailblastError):
@@ -77,7 +78,7 @@ class ReplyProtocol(asyncio.Protocol):
         buffer = self._buffer
         buffer += data
         start = 0
-        while True:
+        while self._lost is None:
             end = buffer.find(b"\n", start)
             if end < 0:
                 break
@@ -97,6 +98,8 @@ class ReplyProtocol(asyncio.Protocol):
             return
         self._lines.append(line[4:].decode("utf-8", "replace"))
         if separator == b"-":
+            if len(self._lines) > MAX_REPLY_LINES:
+                self._fail(SMTPConnectionLost(f"reply longer than {MAX_REPLY_LINES} lines"))
             return
         reply = SMTPReply(int(line[:3]), "\n".join(self._lines))
         self._lines = []
