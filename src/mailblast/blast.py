@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailblast import aio
 from mailblast.alignment import aligned, organizational_domain
 from mailblast.compose import Composer
 from mailblast.config import Campaign
@@ -150,26 +151,48 @@ def send(
     """Load (the first time) and send the campaign; return its summary when the run stops."""
     store, row, composer = prepare(campaign)
     try:
-        if row.status == "cancelled":
-            raise MailblastError(f"campaign {campaign.name} was cancelled; nothing more is sent")
-        report = load_if_needed(store, campaign, row)
-        if row.status == "done":
-            store.set_status(row.id, "active", None, time.time())
-        row = store.get_campaign(campaign.name) or row
+        row, report = start_sending(store, campaign, row)
         engine = Engine(store, campaign, row, composer)
-        try:
-            stats = asyncio.run(_run_engine(engine, wait, install_signal_handlers, on_start))
-        except asyncio.CancelledError:
-            # A second SIGINT or SIGTERM cancelled the run; the next send takes back its claims.
-            raise KeyboardInterrupt from None
-        summary = summarise(store, campaign.name)
-        unfinished = any(summary.counts.get(s) for s in ("queued", "deferred", "sending"))
-        if not unfinished and summary.status == "active":
-            store.set_status(row.id, "done", None, time.time())
-            summary.status = "done"
-        return summary, stats, report
+        stats = run_engine(engine, wait, install_signal_handlers, on_start)
+        return finish_sending(store, campaign, row), stats, report
     finally:
         store.close()
+
+
+def start_sending(
+    store: SQLiteStore, campaign: Campaign, row: CampaignRow
+) -> tuple[CampaignRow, LoadReport | None]:
+    """Load the list if needed and make a finished campaign active again; return its row."""
+    if row.status == "cancelled":
+        raise MailblastError(f"campaign {campaign.name} was cancelled; nothing more is sent")
+    report = load_if_needed(store, campaign, row)
+    if row.status == "done":
+        store.set_status(row.id, "active", None, time.time())
+    return store.get_campaign(campaign.name) or row, report
+
+
+def finish_sending(store: SQLiteStore, campaign: Campaign, row: CampaignRow) -> Summary:
+    """Mark the campaign done when no message is left to send; return its summary."""
+    summary = summarise(store, campaign.name)
+    unfinished = any(summary.counts.get(s) for s in ("queued", "deferred", "sending"))
+    if not unfinished and summary.status == "active":
+        store.set_status(row.id, "done", None, time.time())
+        summary.status = "done"
+    return summary
+
+
+def run_engine(
+    engine: Engine,
+    wait: bool,
+    install_signal_handlers: bool,
+    on_start: Callable[[Engine], None] | None = None,
+) -> RunStats:
+    """Run the engine on a new event loop until it stops."""
+    try:
+        return aio.run(_run_engine(engine, wait, install_signal_handlers, on_start))
+    except asyncio.CancelledError:
+        # A second SIGINT or SIGTERM cancelled the run; the next send takes back its claims.
+        raise KeyboardInterrupt from None
 
 
 async def _run_engine(
@@ -275,7 +298,7 @@ def preview(campaign: Campaign, row_number: int = 1) -> bytes:
 
 def send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[tuple[str, bool]]:
     """Send the first rows' messages to a proof address, outside the campaign's records."""
-    return asyncio.run(_send_proofs(campaign, test_to, limit))
+    return aio.run(_send_proofs(campaign, test_to, limit))
 
 
 async def _send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[tuple[str, bool]]:

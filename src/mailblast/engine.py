@@ -368,8 +368,8 @@ class Engine:
         """
         connection: RelayConnection | None = None
         try:
-            # Checking stopping as well as being cancelled: aiosmtplib waits with wait_for,
-            # which on Python 3.11 can lose a cancellation that meets a reply.
+            # Checking stopping as well as being cancelled: on Python 3.11 a cancellation that
+            # meets a timeout's expiry can be lost (see aio.raise_if_cancelling).
             while not self.stopping.is_set():
                 if not relay.session_allowed(slot):
                     await self._close(relay, connection)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mailblast import blast
+from mailblast import blast, processes
 from mailblast.cli.exit_codes import EXIT_INTERRUPTED
 from mailblast.cli.progress import ProgressDisplay, print_load, print_summary
 from mailblast.config import load_campaign
@@ -48,6 +48,14 @@ def register(commands: Any) -> None:
         default=None,
         metavar="N",
         help="with --test-to: how many rows to send as proofs (default 3)",
+    )
+    send.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="send from N processes that share the store and split each relay's"
+        " max_connections and rate among them (default 1)",
     )
     send.set_defaults(handler=run_send)
 
@@ -109,6 +117,8 @@ def run_send(arguments: argparse.Namespace) -> int:
             "--limit applies only to proofs sent with --test-to ADDRESS; a campaign send has"
             " no limit (use 'mailblast pause' to stop one)"
         )
+    if arguments.processes != 1 and arguments.test_to:
+        raise MailblastError("--processes applies to a campaign send, not to proofs (--test-to)")
     campaign = load_campaign(arguments.campaign)
     if arguments.test_to:
         limit = 3 if arguments.limit is None else arguments.limit
@@ -121,6 +131,14 @@ def run_send(arguments: argparse.Namespace) -> int:
         if rejected:
             raise MailblastError(f"{rejected} of {len(results)} proofs were not accepted")
         return 0
+    if arguments.processes != 1:
+        summary, stats, report = processes.send_in_processes(
+            campaign, arguments.processes, wait=not arguments.no_wait
+        )
+        if report is not None:
+            print_load(report)
+        print_summary(summary, stats)
+        return EXIT_INTERRUPTED if stats.interrupted else 0
     display = ProgressDisplay(campaign.name)
     summary, stats, report = blast.send(
         campaign,
