@@ -12,7 +12,7 @@ message. In the same run two references push messages of the same size into the 
 Usage, from the repository root::
 
     .venv/bin/python bench/throughput.py [--recipients 100000] [--relays 3]
-        [--connections-per-relay 8] [--runs 3] [--workdir DIR]
+        [--connections-per-relay 8] [--processes 1] [--runs 3] [--workdir DIR]
 
 The figures of every run go to ``WORKDIR/throughput.json``. When ``smtp-sink`` or
 ``smtp-source`` is missing, the script installs Debian's ``postfix`` package with debconf set
@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -185,6 +186,10 @@ class RunFigures:
     # CPU seconds that neither mailblast nor the sinks used during the send. A large value means
     # that other processes competed for the cores, so the run understates the pipeline.
     other_cpu_seconds: float
+    # CPU per message of the main threads (event loops, and the load) and of the other threads
+    # (the store threads), sampled from /proc while the send runs.
+    main_thread_us_per_message: float = 0.0
+    store_thread_us_per_message: float = 0.0
 
     @property
     def ratio_to_smtp_source(self) -> float:
@@ -211,6 +216,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="max_messages_per_connection of each relay; smtp-source reuses each connection"
         " for all its messages",
     )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="sender processes (mailblast send --processes)"
+    )
     parser.add_argument("--runs", type=int, default=3, help="measured runs")
     parser.add_argument(
         "--workdir",
@@ -221,7 +229,8 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     arguments = parser.parse_args(argv)
 
-    for name in ("recipients", "relays", "connections_per_relay", "messages_per_connection"):
+    counts = ("recipients", "relays", "connections_per_relay", "messages_per_connection")
+    for name in (*counts, "processes"):
         if getattr(arguments, name) < 1:
             option = "--" + name.replace("_", "-")
             parser.error(f"{option} {getattr(arguments, name)} must be at least 1")
@@ -410,14 +419,25 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-def run_mailblast(campaign_file: Path, directory: Path) -> dict[str, float | int | None]:
-    """Run ``mailblast send`` as a child process and return its wall time, rusage and load time."""
+def run_mailblast(
+    campaign_file: Path, directory: Path, processes: int
+) -> dict[str, float | int | None]:
+    """Run ``mailblast send`` as a child process and return its wall time, rusage and load time.
+
+    With several sender processes, ``wait4`` adds their CPU time to the parent's and reports
+    the largest resident set size among them.
+    """
     command = [str(Path(sys.executable).parent / "mailblast"), "send", str(campaign_file)]
+    command += ["--processes", str(processes)]
     with open(directory / "send.out", "wb") as output, open(directory / "send.err", "wb") as err:
         started = time.monotonic()
         process = subprocess.Popen(command, stdout=output, stderr=err)
+        sampler = ThreadSampler(process.pid)
+        sampler.start()
         _, wait_status, usage = os.wait4(process.pid, 0)
         wall = time.monotonic() - started
+        sampler.stop.set()
+        sampler.join()
     process.returncode = os.waitstatus_to_exitcode(wait_status)
     if process.returncode != 0:
         raise SystemExit(
@@ -431,7 +451,48 @@ def run_mailblast(campaign_file: Path, directory: Path) -> dict[str, float | int
         "cpu_system_seconds": usage.ru_stime,
         "max_rss_mb": usage.ru_maxrss / 1024,  # kilobytes on Linux
         "load_seconds": _load_seconds(directory / "send.out"),
+        "main_thread_seconds": sum(sampler.main.values()),
+        "other_thread_seconds": sum(sampler.other.values()),
     }
+
+
+class ThreadSampler(threading.Thread):
+    """Sample the CPU time of each thread of a process and of its child processes."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.stop = threading.Event()
+        self.main: dict[int, float] = {}  # thread id of a process's main thread -> CPU seconds
+        self.other: dict[int, float] = {}
+
+    def run(self) -> None:
+        while not self.stop.wait(0.2):
+            for pid in _process_tree(self.pid):
+                for tid, seconds in _thread_cpu(pid).items():
+                    (self.main if tid == pid else self.other)[tid] = seconds
+
+
+def _process_tree(pid: int) -> list[int]:
+    found = [pid]
+    for parent in found:
+        try:
+            text = Path(f"/proc/{parent}/task/{parent}/children").read_text(encoding="ascii")
+        except OSError:
+            continue
+        found.extend(int(child) for child in text.split())
+    return found
+
+
+def _thread_cpu(pid: int) -> dict[int, float]:
+    seconds = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            fields = (task / "stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
 
 
 def _load_seconds(output: Path) -> float | None:
@@ -513,7 +574,7 @@ def measure_run(
 
     machine_before = busy_cpu_seconds()
     sinks_before = sum(process_cpu_seconds(sink.process.pid) for sink in sinks)
-    send = run_mailblast(campaign_file, directory)
+    send = run_mailblast(campaign_file, directory, arguments.processes)
     machine_cpu = busy_cpu_seconds() - machine_before
     sinks_cpu = sum(process_cpu_seconds(sink.process.pid) for sink in sinks) - sinks_before
     sent, send_seconds = sent_span(directory / "store.db")
@@ -548,6 +609,8 @@ def measure_run(
         smtplib_seconds=smtplib_seconds,
         smtplib_rate=smtplib_sent / smtplib_seconds,
         other_cpu_seconds=machine_cpu - sinks_cpu - float(send["cpu_seconds"] or 0),
+        main_thread_us_per_message=float(send["main_thread_seconds"] or 0) / sent * 1e6,
+        store_thread_us_per_message=float(send["other_thread_seconds"] or 0) / sent * 1e6,
     )
 
 
@@ -590,6 +653,8 @@ TABLE_ROWS = (
     ("peak RSS (MB)", "max_rss_mb", "{:.0f}"),
     ("CPU user+sys per message (µs)", "cpu_us_per_message", "{:,.0f}"),
     ("CPU system time of the send (s)", "cpu_system_seconds", "{:.1f}"),
+    ("  main threads, per message (µs)", "main_thread_us_per_message", "{:,.0f}"),
+    ("  store threads, per message (µs)", "store_thread_us_per_message", "{:,.0f}"),
     ("smtp-source (msg/s)", "smtp_source_rate", "{:,.0f}"),
     ("smtplib, 1 connection (msg/s)", "smtplib_rate", "{:,.0f}"),
     ("send / smtp-source", "ratio_to_smtp_source", "{:.3f}"),

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from browser import browser  # noqa: F401  (the headless Chromium fixture)
 from mailblast.sink import ThreadedSink
 from mailblast.store import SQLStore, open_store
 

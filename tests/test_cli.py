@@ -30,6 +30,7 @@ COMMANDS = [
     "retry",
     "sink",
     "demo",
+    "suppress",
 ]
 
 

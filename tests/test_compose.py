@@ -17,9 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailblast.compose import Composer, compose_slow, message_id_for
-from mailblast.config import Campaign, parse_campaign
+from mailblast.config import Campaign, UnsubscribeSettings, parse_campaign
 from mailblast.errors import TemplateError
 from mailblast.render import CompiledTemplates
+from mailblast.unsubscribe import UnsubscribeLinks
 
 NOW = 1716199200.0  # Mon, 20 May 2024 10:00:00 UTC
 BARE_LINE_END = re.compile(rb"\r(?!\n)|(?<!\r)\n")
@@ -27,6 +28,8 @@ CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 TEXT = "Hello {{ name }},\n\n{{ body }}\n\nThe team\n"
 HTML = "<html><body>\n<p>Hello {{ name }},</p>\n<p>{{ body }}</p>\n</body></html>\n"
 COLUMNS = ["email", "name", "subject", "body"]
+UNSUBSCRIBE = UnsubscribeSettings(url="https://example.com/unsubscribe", mailto="leave@example.com")
+SECRET = b"0123456789abcdef"
 
 
 def make_campaign(
@@ -140,7 +143,20 @@ KINDS: dict[str, dict[str, Any]] = {
     "text_only": {"html": False},
     "html_only": {"text": False},
 }
-COMPARED_HEADERS = ["From", "Subject", "Reply-To", "Message-ID", "Date", "MIME-Version"]
+COMPARED_HEADERS = [
+    "From",
+    "Subject",
+    "Reply-To",
+    "Message-ID",
+    "Date",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "MIME-Version",
+]
+
+
+def links_for(campaign: Campaign) -> UnsubscribeLinks:
+    return UnsubscribeLinks(UNSUBSCRIBE, campaign.name, SECRET)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +165,8 @@ def composers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Compo
     for kind, options in KINDS.items():
         directory = tmp_path_factory.mktemp(kind)
         campaign = make_campaign(directory, **options)
-        result[kind] = (Composer(campaign, CompiledTemplates(campaign.templates)), campaign)
+        templates = CompiledTemplates(campaign.templates)
+        result[kind] = (Composer(campaign, templates, unsubscribe=links_for(campaign)), campaign)
     return result
 
 
@@ -167,6 +184,7 @@ def compose_both(
         row.smtputf8,
         "tok",
         now=NOW,
+        unsubscribe=links_for(campaign),
     )
     return fast.data, slow
 
@@ -213,12 +231,20 @@ def test_fast_line_limits(
     assert data.endswith(b"\r\n")
     assert max(line_lengths(data)) <= 998
     assert max(line_lengths(raw_subject_lines(head))) <= 78
+    # A URI cannot be folded, so only a line holding one URI may pass 78 characters.
+    for line in raw_header_lines(head, b"List-Unsubscribe").split(b"\r\n"):
+        assert len(line) <= 78 or line.count(b"<") == 1, line
+
+
+def raw_header_lines(head: bytes, name: bytes) -> bytes:
+    """Return a header's raw lines, folds included, without the final CRLF."""
+    match = re.search(rb"^" + name + rb":.*?\r\n(?! )", head + b"\r\n", re.M | re.S)
+    assert match is not None
+    return match.group(0)[:-2]
 
 
 def raw_subject_lines(head: bytes) -> bytes:
-    match = re.search(rb"^Subject:.*?\r\n(?! )", head + b"\r\n", re.M | re.S)
-    assert match is not None
-    return match.group(0)[:-2]
+    return raw_header_lines(head, b"Subject")
 
 
 def test_subject_decoded(composers: dict[str, tuple[Composer, Campaign]]) -> None:
@@ -310,6 +336,49 @@ def test_header_order(tmp_path: Path) -> None:
         "Content-Type",
         "Content-Transfer-Encoding",
     ]
+
+
+def test_header_order_with_unsubscribe(tmp_path: Path) -> None:
+    campaign = make_campaign(tmp_path, html=False, reply_to=None)
+    templates = CompiledTemplates(campaign.templates, COLUMNS)
+    composer = Composer(campaign, templates, unsubscribe=links_for(campaign))
+    fields = {"name": "Ann", "subject": "Hi", "body": "b"}
+
+    data = composer.compose("k", "ann@example.com", fields, False, "t", now=NOW).data
+
+    assert list(parse(data).keys())[4:7] == [
+        "Message-ID",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+    ]
+    assert b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in data
+
+
+def test_list_unsubscribe_fold_point(tmp_path: Path) -> None:
+    campaign = make_campaign(tmp_path)
+    templates = CompiledTemplates(campaign.templates, COLUMNS)
+    links = UnsubscribeLinks(UnsubscribeSettings(url="https://example.com/u"), "c", SECRET)
+    composer = Composer(campaign, templates, unsubscribe=links)
+    fields = {"name": "Ann", "subject": "Hi", "body": "b"}
+
+    data = composer.compose("k", "a@example.com", fields, False, "t", now=NOW).data
+    head = data.split(b"\r\n\r\n", 1)[0]
+
+    assert raw_header_lines(head, b"List-Unsubscribe").count(b"\r\n") == 0
+    assert raw_header(data, "List-Unsubscribe") == links.header_value("a@example.com")
+
+
+def test_list_unsubscribe_over_998_octets(tmp_path: Path) -> None:
+    campaign = make_campaign(tmp_path)
+    templates = CompiledTemplates(campaign.templates, COLUMNS)
+    settings = UnsubscribeSettings(url="https://example.com/" + "u" * 600)
+    composer = Composer(
+        campaign, templates, unsubscribe=UnsubscribeLinks(settings, "c" * 300, SECRET)
+    )
+    fields = {"name": "Ann", "subject": "Hi", "body": "b"}
+
+    with pytest.raises(ValueError, match="List-Unsubscribe header would pass 998 octets"):
+        composer.compose("k", "a@example.com", fields, False, "t", now=NOW)
 
 
 def test_header_values(tmp_path: Path) -> None:
@@ -459,17 +528,23 @@ def test_unsubscribe_url_required(tmp_path: Path) -> None:
 def test_unsubscribe_url_rendered(tmp_path: Path) -> None:
     campaign = make_campaign(tmp_path, text_template="Leave: {{ unsubscribe_url }}\n")
     templates = CompiledTemplates(campaign.templates, COLUMNS)
-    composer = Composer(campaign, templates, unsubscribe_url="https://example.com/u/{token}")
+    settings = UnsubscribeSettings(url="https://example.com/u")
+    links = UnsubscribeLinks(settings, campaign.name, b"0123456789abcdef")
+    composer = Composer(campaign, templates, unsubscribe=links)
     fields = {"name": "Ann", "subject": "Hi", "body": "b"}
 
     data = composer.compose("k", "ann@example.com", fields, False, "t42", now=NOW).data
 
-    assert b"Leave: https://example.com/u/t42\r\n" in data
+    url = links.url("ann@example.com")
+    assert url.startswith("https://example.com/u?token=")
+    assert f"Leave: {url}\r\n".encode() in data
 
 
 @pytest.fixture(scope="module")
 def property_composer(tmp_path_factory: pytest.TempPathFactory) -> Composer:
-    return make_composer(tmp_path_factory.mktemp("property"), html=False)
+    campaign = make_campaign(tmp_path_factory.mktemp("property"), html=False)
+    templates = CompiledTemplates(campaign.templates, COLUMNS)
+    return Composer(campaign, templates, unsubscribe=links_for(campaign))
 
 
 @settings(max_examples=300, deadline=None)
@@ -486,3 +561,6 @@ def test_header_text_round_trip(property_composer: Composer, subject: str, name:
     assert max(line_lengths(data)) <= 998
     assert max(line_lengths(raw_subject_lines(data.split(b"\r\n\r\n", 1)[0]))) <= 78
     assert BARE_LINE_END.search(data) is None
+    links = UnsubscribeLinks(UNSUBSCRIBE, "spring-sale", SECRET)
+    assert raw_header(data, "List-Unsubscribe") == links.header_value("ann@example.com")
+    assert str(message["List-Unsubscribe-Post"]) == "List-Unsubscribe=One-Click"

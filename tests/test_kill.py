@@ -21,5 +21,7 @@ def test_kill_and_resume_20000(tmp_path: Path) -> None:
     assert report.kills >= 8
     assert report.missing == 0
     assert report.duplicated_outside_unknown == []
-    assert max(report.in_flight_after_kill) <= report.open_connections
+    # On a loaded machine an early kill can come before the store exists, which adds no entry.
+    assert report.kills_during_sending >= 1
+    assert max(report.in_flight_after_kill, default=0) <= report.open_connections
     assert report.final_counts == {"sent": 20_000}

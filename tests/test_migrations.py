@@ -85,7 +85,7 @@ def test_db_upgrade_command(
     assert main(["db", "upgrade", "--store", location]) == 0
     second = capsys.readouterr().out
     latest = migrations.latest(backend)
-    assert "schema upgraded from version 0 (applied 1, 2)" in first
+    assert "schema upgraded from version 0 (applied 1, 2, 3)" in first
     assert f"schema is current (version {latest})" in second
 
 

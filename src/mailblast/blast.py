@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailblast import aio
+from mailblast.alignment import aligned, organizational_domain
 from mailblast.compose import Composer
 from mailblast.config import Campaign
+from mailblast.dkim import DkimSigner
 from mailblast.engine import Engine, RunStats
 from mailblast.errors import MailblastError
 from mailblast.load import LoadReport, load_list
@@ -25,9 +28,11 @@ from mailblast.recipients import Recipient, list_columns, read_recipients
 from mailblast.relay.classify import Scope
 from mailblast.relay.connection import RelayConnection, SessionError
 from mailblast.render import CompiledTemplates
+from mailblast.signingkey import load_signer
 from mailblast.store import open_store
 from mailblast.store.base import MESSAGE_STATES, CampaignRow
 from mailblast.store.sql import SQLStore
+from mailblast.unsubscribe import UnsubscribeLinks
 
 logger = logging.getLogger("mailblast.engine")
 
@@ -62,9 +67,66 @@ def prepare(campaign: Campaign) -> tuple[SQLStore, CampaignRow, Composer]:
     templates = compile_templates(campaign)
     for relay in campaign.relays:
         relay.password()  # an unset variable or unreadable file stops here, before any load
+    composer = build_composer(campaign, templates)
     store = open_store(campaign.store, password_env=campaign.store_password_env)
     row = store.upsert_campaign(campaign.name, campaign.to_dict(), time.time())
-    return store, row, Composer(campaign, templates)
+    return store, row, composer
+
+
+def build_composer(campaign: Campaign, templates: CompiledTemplates) -> Composer:
+    """Build the campaign's Composer; reads the unsubscribe secret and the DKIM key files.
+
+    Raises ConfigError when the secret is unset or a key file is unreadable or invalid.
+    """
+    return Composer(
+        campaign,
+        templates,
+        unsubscribe=unsubscribe_links(campaign),
+        dkim=dkim_signer(campaign),
+    )
+
+
+def dkim_signer(campaign: Campaign) -> DkimSigner | None:
+    """Read the campaign's DKIM keys; raises ConfigError naming a bad key file."""
+    return load_signer(campaign.dkim)
+
+
+def unsubscribe_links(campaign: Campaign) -> UnsubscribeLinks | None:
+    """Build the campaign's unsubscribe links; reading the secret raises ConfigError if unset."""
+    if campaign.unsubscribe is None:
+        return None
+    return UnsubscribeLinks(campaign.unsubscribe, campaign.name, campaign.unsubscribe.secret())
+
+
+def deliverability_warnings(campaign: Campaign) -> list[str]:
+    """Return what would make mailbox providers junk or reject the campaign's messages.
+
+    Since 2024 the large providers require bulk senders to pass DMARC, which needs the DKIM
+    domain or the envelope sender domain aligned with the From domain, and to offer one-click
+    unsubscribe.
+    """
+    warnings = []
+    from_domain = campaign.from_domain
+    dkim_domains = [settings.domain for settings in campaign.dkim]
+    envelope_domain = campaign.envelope_sender.rpartition("@")[2]
+    if not campaign.dkim:
+        warnings.append(
+            "no [dkim] table: messages are not DKIM-signed; create a key with"
+            " `mailblast dkim keygen` and add [dkim]"
+        )
+    if not any(aligned(domain, from_domain) for domain in [*dkim_domains, envelope_domain]):
+        dkim_text = f"the DKIM domain ({', '.join(dkim_domains)}) nor " if dkim_domains else ""
+        warnings.append(
+            f"neither {dkim_text}the envelope sender domain ({envelope_domain}) aligns with the"
+            f" From domain ({from_domain}), so DMARC fails; sign with a domain under"
+            f" {organizational_domain(from_domain)} or send from one"
+        )
+    if campaign.unsubscribe is None:
+        warnings.append(
+            "no [unsubscribe] table: messages carry no List-Unsubscribe header, which bulk"
+            " senders must offer; add [unsubscribe] with the url that `mailblast serve` answers"
+        )
+    return warnings
 
 
 def load_if_needed(
@@ -89,39 +151,48 @@ def send(
     """Load (the first time) and send the campaign; return its summary when the run stops."""
     store, row, composer = prepare(campaign)
     try:
-        if row.status == "cancelled":
-            raise MailblastError(f"campaign {campaign.name} was cancelled; nothing more is sent")
-        report = load_if_needed(store, campaign, row)
-        if row.status == "done":
-            store.set_status(row.id, "active", None, time.time())
-        row = store.get_campaign(campaign.name) or row
-        summary, stats = run_engine(
-            Engine(store, campaign, row, composer), wait, install_signal_handlers, on_start
-        )
-        return summary, stats, report
+        row, report = start_sending(store, campaign, row)
+        engine = Engine(store, campaign, row, composer)
+        stats = run_engine(engine, wait, install_signal_handlers, on_start)
+        return finish_sending(store, campaign, row), stats, report
     finally:
         store.close()
+
+
+def start_sending(
+    store: SQLStore, campaign: Campaign, row: CampaignRow
+) -> tuple[CampaignRow, LoadReport | None]:
+    """Load the list if needed and make a finished campaign active again; return its row."""
+    if row.status == "cancelled":
+        raise MailblastError(f"campaign {campaign.name} was cancelled; nothing more is sent")
+    report = load_if_needed(store, campaign, row)
+    if row.status == "done":
+        store.set_status(row.id, "active", None, time.time())
+    return store.get_campaign(campaign.name) or row, report
+
+
+def finish_sending(store: SQLStore, campaign: Campaign, row: CampaignRow) -> Summary:
+    """Mark the campaign done when no message is left to send; return its summary."""
+    summary = summarise(store, campaign.name)
+    unfinished = any(summary.counts.get(s) for s in ("queued", "deferred", "sending"))
+    if not unfinished and summary.status == "active":
+        store.set_status(row.id, "done", None, time.time())
+        summary.status = "done"
+    return summary
 
 
 def run_engine(
     engine: Engine,
     wait: bool,
     install_signal_handlers: bool,
-    on_start: Callable[[Engine], None] | None,
-) -> tuple[Summary, RunStats]:
-    """Send until the engine stops; mark the campaign done when every message is final."""
+    on_start: Callable[[Engine], None] | None = None,
+) -> RunStats:
+    """Run the engine on a new event loop until it stops."""
     try:
-        stats = asyncio.run(_run_engine(engine, wait, install_signal_handlers, on_start))
+        return aio.run(_run_engine(engine, wait, install_signal_handlers, on_start))
     except asyncio.CancelledError:
         # A second SIGINT or SIGTERM cancelled the run; the next send takes back its claims.
         raise KeyboardInterrupt from None
-    store, row = engine.store, engine.row
-    summary = summarise(store, row.name)
-    unfinished = any(summary.counts.get(s) for s in ("queued", "deferred", "sending"))
-    if not unfinished and summary.status == "active":
-        store.set_status(row.id, "done", None, time.time())
-        summary.status = "done"
-    return summary, stats
 
 
 async def _run_engine(
@@ -212,7 +283,7 @@ def first_recipients(campaign: Campaign, limit: int) -> Iterator[Recipient]:
 
 def preview(campaign: Campaign, row_number: int = 1) -> bytes:
     """Return the exact bytes the ``row_number``-th accepted recipient would get."""
-    composer = Composer(campaign, compile_templates(campaign))
+    composer = build_composer(campaign, compile_templates(campaign))
     found = list(first_recipients(campaign, row_number))
     if len(found) < row_number:
         raise MailblastError(
@@ -227,12 +298,12 @@ def preview(campaign: Campaign, row_number: int = 1) -> bytes:
 
 def send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[tuple[str, bool]]:
     """Send the first rows' messages to a proof address, outside the campaign's records."""
-    return asyncio.run(_send_proofs(campaign, test_to, limit))
+    return aio.run(_send_proofs(campaign, test_to, limit))
 
 
 async def _send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[tuple[str, bool]]:
     """Send proofs over the first relay that accepts a session; return (line, accepted) pairs."""
-    composer = Composer(campaign, compile_templates(campaign))
+    composer = build_composer(campaign, compile_templates(campaign))
     results = []
     for relay in campaign.relays:
         connection = RelayConnection(relay)

@@ -26,8 +26,10 @@ from email.message import EmailMessage
 import idna
 
 from mailblast.config import Campaign
+from mailblast.dkim import DkimSigner
 from mailblast.errors import TemplateError
 from mailblast.render import CompiledTemplates, Rendered
+from mailblast.unsubscribe import ONE_CLICK, UnsubscribeLinks
 
 CRLF = b"\r\n"
 MAX_LINE = 78  # RFC 5322 section 2.1.1: lines SHOULD be at most 78 characters
@@ -53,6 +55,7 @@ _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _TEXT_TYPE = b'Content-Type: text/plain; charset="utf-8"\r\n'
 _HTML_TYPE = b'Content-Type: text/html; charset="utf-8"\r\n'
+_ONE_CLICK_LINE = f"List-Unsubscribe-Post: {ONE_CLICK}\r\n".encode("ascii")
 _TRANSFER_ENCODING = {
     False: b"Content-Transfer-Encoding: 7bit\r\n",
     True: b"Content-Transfer-Encoding: quoted-printable\r\n",
@@ -73,9 +76,10 @@ class Composed:
 class Composer:
     """Render and assemble the messages of one campaign.
 
-    ``hostname`` replaces the From domain on the right of the Message-ID. ``unsubscribe_url``
-    is the value of the template variable of that name. As in the envelope sender, ``{token}``
-    in it becomes the message's token.
+    ``hostname`` replaces the From domain on the right of the Message-ID. ``unsubscribe``
+    makes the recipient's unsubscribe URL, the value of the template variable
+    ``unsubscribe_url``, and the List-Unsubscribe and List-Unsubscribe-Post headers (RFC 2369,
+    RFC 8058). ``dkim`` signs each finished message as the last step of :meth:`compose`.
     """
 
     def __init__(
@@ -84,18 +88,21 @@ class Composer:
         templates: CompiledTemplates,
         *,
         hostname: str | None = None,
-        unsubscribe_url: str | None = None,
+        unsubscribe: UnsubscribeLinks | None = None,
+        dkim: DkimSigner | None = None,
     ) -> None:
-        if unsubscribe_url is None:
+        if unsubscribe is None:
             _require_no_unsubscribe_url(templates)
         self._campaign = campaign
         self._templates = templates
-        self._unsubscribe_url = unsubscribe_url
+        self._unsubscribe = unsubscribe
+        self._dkim = dkim
         self._message_id_domain = _ascii_domain(hostname or campaign.from_domain)
         self._from_line = _fold_with_library("From", campaign.from_header)
 
-        reply_to = _fold_with_library("Reply-To", campaign.reply_to) if campaign.reply_to else b""
-        self._after_message_id = reply_to + b"MIME-Version: 1.0\r\n"
+        self._reply_to = (
+            _fold_with_library("Reply-To", campaign.reply_to) if campaign.reply_to else b""
+        )
         self._text_headers = {
             qp: _TEXT_TYPE + _TRANSFER_ENCODING[qp] + CRLF for qp in (False, True)
         }
@@ -124,10 +131,11 @@ class Composer:
         time. Raises TemplateError when a template fails for this recipient, and ValueError
         when the address or the token cannot be written into the message.
         """
+        timestamp = int(time.time() if now is None else now)
         utf8 = smtputf8 or not address.isascii()
         message_id = message_id_for(self._campaign.name, message_key, self._message_id_domain)
         envelope_sender = _envelope_sender(self._campaign.envelope_sender, token)
-        extra = _builtin_values(self._campaign, address, message_id, self._unsubscribe_url, token)
+        extra = _builtin_values(self._campaign, address, message_id, self._unsubscribe)
         rendered = self._templates.render(fields, extra)
 
         data = b"".join(
@@ -135,17 +143,25 @@ class Composer:
                 self._from_line,
                 encode_to(address, rendered.to_name),
                 encode_subject(rendered.subject),
-                self._date(time.time() if now is None else now),
+                self._date(timestamp),
                 b"Message-ID: " + message_id.encode("ascii") + CRLF,
-                self._after_message_id,
+                self._reply_to,
+                self._list_unsubscribe(address),
+                b"MIME-Version: 1.0\r\n",
                 self._content(rendered),
             )
         )
+        if self._dkim is not None:
+            data = self._dkim.sign(data, timestamp)
         return Composed(data, message_id, envelope_sender, address, utf8)
 
-    def _date(self, now: float) -> bytes:
+    def _list_unsubscribe(self, address: str) -> bytes:
+        if self._unsubscribe is None:
+            return b""
+        return encode_list_unsubscribe(self._unsubscribe.header_value(address)) + _ONE_CLICK_LINE
+
+    def _date(self, second: int) -> bytes:
         # The Date line changes once a second, so one formatting serves a whole batch.
-        second = int(now)
         if second != self._date_second:
             self._date_line = b"Date: " + format_date(second).encode("ascii") + CRLF
             self._date_second = second
@@ -249,11 +265,11 @@ def _envelope_sender(template: str, token: str) -> str:
 
 
 def _builtin_values(
-    campaign: Campaign, address: str, message_id: str, unsubscribe_url: str | None, token: str
+    campaign: Campaign, address: str, message_id: str, unsubscribe: UnsubscribeLinks | None
 ) -> dict[str, str]:
     values = {"email": address, "campaign": campaign.name, "message_id": message_id}
-    if unsubscribe_url is not None:
-        values["unsubscribe_url"] = unsubscribe_url.replace("{token}", token)
+    if unsubscribe is not None:
+        values["unsubscribe_url"] = unsubscribe.url(address)
     return values
 
 
@@ -329,6 +345,25 @@ def encode_to(address: str, name: str | None) -> bytes:
     else:
         words = _encoded_words(text, MAX_LINE - len(prefix))
     return _fold(prefix, [*words, f" <{address}>"])
+
+
+def encode_list_unsubscribe(value: str) -> bytes:
+    """Return the folded ``List-Unsubscribe`` header line for its value.
+
+    The only fold point is after the comma between the two URIs, because RFC 2369 gives no
+    way to fold inside one. Raises ValueError when a line would pass 998 octets, which a long
+    URL base together with a long campaign name and address can cause.
+    """
+    words = [f"{uri}," for uri in value.split(", ")]
+    words[-1] = words[-1][:-1]
+    words[1:] = [" " + word for word in words[1:]]
+    line = _fold("List-Unsubscribe: ", words)
+    if max(map(len, line.split(CRLF))) > MAX_LINE_OCTETS:
+        raise ValueError(
+            f"the List-Unsubscribe header would pass {MAX_LINE_OCTETS} octets on one line;"
+            " shorten the unsubscribe URL base or the campaign name"
+        )
+    return line
 
 
 def _quote(text: str) -> str:
@@ -418,7 +453,7 @@ def compose_slow(
     now: float | None = None,
     *,
     hostname: str | None = None,
-    unsubscribe_url: str | None = None,
+    unsubscribe: UnsubscribeLinks | None = None,
 ) -> bytes:
     """Build the message that Composer.compose builds, with email.message.EmailMessage.
 
@@ -427,7 +462,7 @@ def compose_slow(
     """
     utf8 = smtputf8 or not address.isascii()
     message_id = message_id_for(campaign.name, message_key, hostname or campaign.from_domain)
-    extra = _builtin_values(campaign, address, message_id, unsubscribe_url, token)
+    extra = _builtin_values(campaign, address, message_id, unsubscribe)
     rendered = templates.render(fields, extra)
     timestamp = int(time.time() if now is None else now)
 
@@ -443,6 +478,9 @@ def compose_slow(
     message["Message-ID"] = message_id
     if campaign.reply_to:
         message["Reply-To"] = campaign.reply_to
+    if unsubscribe is not None:
+        message["List-Unsubscribe"] = unsubscribe.header_value(address)
+        message["List-Unsubscribe-Post"] = ONE_CLICK
     message["MIME-Version"] = "1.0"
     _set_slow_content(message, rendered)
     return message.as_bytes()

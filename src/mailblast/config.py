@@ -8,12 +8,16 @@ Secret values are never part of it: relays carry the name of an environment vari
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from email.headerregistry import Address
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import idna
 
 from mailblast.errors import ConfigError
 from mailblast.units import parse_duration, parse_rate
@@ -46,27 +50,32 @@ class RelaySettings:
 
     def password(self) -> str | None:
         """Read the relay password from its environment variable or file at send time."""
-        if self.password_env:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ConfigError(
-                    [
-                        f"relay {self.name!r}: environment variable {self.password_env} is not"
-                        f" set; export it or use password_file"
-                    ]
-                )
-            return value
-        if self.password_file:
-            try:
-                return Path(self.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as error:
-                raise ConfigError(
-                    [
-                        f"relay {self.name!r}: cannot read password_file {self.password_file}:"
-                        f" {error.strerror}"
-                    ]
-                ) from error
-        return None
+        return read_secret(
+            self.password_env, self.password_file, f"relay {self.name!r}", "password"
+        )
+
+
+def read_secret(env: str | None, file: str | None, owner: str, name: str) -> str | None:
+    """Read a secret from the named environment variable or file; None when neither is set.
+
+    ``owner`` and ``name`` only label the error, for example ``relay 'a'`` and ``password``.
+    Raises ConfigError naming the variable or file, never the value.
+    """
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(
+                [f"{owner}: environment variable {env} is not set; export it or use {name}_file"]
+            )
+        return value
+    if file:
+        try:
+            return Path(file).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as error:
+            raise ConfigError(
+                [f"{owner}: cannot read {name}_file {file}: {error.strerror}"]
+            ) from error
+    return None
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,54 @@ class SendingSettings:
     error_window: int = 200  # ... the last error_window attempts
 
 
+DEFAULT_UNSUBSCRIBE_SECRET_ENV = "MAILBLAST_UNSUBSCRIBE_SECRET"
+
+
+@dataclass(frozen=True)
+class UnsubscribeSettings:
+    """One-click unsubscribe (RFC 8058): the URL base, an optional mailto and the token secret."""
+
+    url: str  # https URL; "token=<token>" is appended as a query parameter
+    mailto: str | None = None  # addr-spec for the mailto: entry of List-Unsubscribe
+    secret_env: str | None = DEFAULT_UNSUBSCRIBE_SECRET_ENV
+    secret_file: str | None = None
+
+    def secret(self) -> bytes:
+        """Read the HMAC secret of the tokens at send time; raise ConfigError when unset."""
+        value = read_secret(self.secret_env, self.secret_file, "unsubscribe", "secret")
+        if value is None:  # parse_campaign ensures one of the two is set
+            raise ConfigError(["unsubscribe: set secret_env or secret_file"])
+        return check_unsubscribe_secret(value, "unsubscribe")
+
+
+MIN_SECRET_LENGTH = 16
+
+
+def check_unsubscribe_secret(value: str, owner: str) -> bytes:
+    """Return the secret as bytes; raise ConfigError when it is too short to resist guessing."""
+    secret = value.encode("utf-8")
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            [
+                f"{owner}: the unsubscribe secret has {len(secret)} bytes; use at least"
+                f" {MIN_SECRET_LENGTH} random bytes, for example from `openssl rand -hex 32`"
+            ]
+        )
+    return secret
+
+
+@dataclass(frozen=True)
+class DkimSettings:
+    """One DKIM signing identity. Only the key file's path is kept, never the key."""
+
+    domain: str  # d= tag, A-label form
+    selector: str  # s= tag
+    private_key_file: str  # PEM (PKCS #8); RSA or Ed25519, by the key's type
+
+
+MAX_DKIM_KEYS = 2  # one RSA and one Ed25519
+
+
 @dataclass(frozen=True)
 class Templates:
     """Template sources as loaded; the store keeps these so a campaign can be resumed by name."""
@@ -121,6 +178,8 @@ class Campaign:
     recipients: RecipientSettings
     relays: tuple[RelaySettings, ...]
     sending: SendingSettings = field(default_factory=SendingSettings)
+    unsubscribe: UnsubscribeSettings | None = None
+    dkim: tuple[DkimSettings, ...] = ()
     store: str = "mailblast.db"
     base_dir: str = "."
     store_password_env: str | None = None  # variable holding the PostgreSQL password
@@ -137,6 +196,9 @@ class Campaign:
         values["recipients"] = RecipientSettings(**values["recipients"])
         values["sending"] = SendingSettings(**values["sending"])
         values["relays"] = tuple(RelaySettings(**relay) for relay in values["relays"])
+        if values.get("unsubscribe") is not None:
+            values["unsubscribe"] = UnsubscribeSettings(**values["unsubscribe"])
+        values["dkim"] = tuple(DkimSettings(**table) for table in values.get("dkim", ()))
         return cls(**values)
 
     @property
@@ -176,7 +238,9 @@ _SENDING_KEYS = {
     "error_window",
 }
 _RELAY_KEYS = {f for f in RelaySettings.__dataclass_fields__}
-_TOP_KEYS = {"campaign", "recipients", "relay", "sending"}
+_UNSUBSCRIBE_KEYS = {"url", "mailto", "secret_env", "secret_file"}
+_DKIM_KEYS = {"domain", "selector", "private_key_file"}
+_TOP_KEYS = {"campaign", "recipients", "relay", "sending", "unsubscribe", "dkim"}
 
 
 class _Problems:
@@ -335,6 +399,8 @@ def parse_campaign(data: dict[str, Any], base_dir: Path, source: str) -> Campaig
     recipients = _read_recipients(data, base_dir, problems)
     sending = _read_sending(data, problems)
     relays = _read_relays(data, base_dir, problems)
+    unsubscribe = _read_unsubscribe(data, base_dir, problems)
+    dkim = _read_dkim(data, base_dir, problems)
 
     if problems.items:
         raise ConfigError(problems.items)
@@ -349,10 +415,149 @@ def parse_campaign(data: dict[str, Any], base_dir: Path, source: str) -> Campaig
         recipients=recipients,
         relays=tuple(relays),
         sending=sending,
+        unsubscribe=unsubscribe,
+        dkim=dkim,
         store=store,
         base_dir=str(base_dir),
         store_password_env=store_password_env,
     )
+
+
+def _read_unsubscribe(
+    data: dict[str, Any], base_dir: Path, problems: _Problems
+) -> UnsubscribeSettings | None:
+    table = _get(data, "unsubscribe", dict, problems, "unsubscribe")
+    if table is None:
+        return None
+    problems.unknown(table, _UNSUBSCRIBE_KEYS, "unsubscribe.")
+
+    url = _get(table, "url", str, problems, "unsubscribe.url", required=True)
+    if url is not None:
+        _check_unsubscribe_url(url, problems)
+    mailto = _get(table, "mailto", str, problems, "unsubscribe.mailto")
+    if mailto is not None:
+        parsed = _parse_mailbox(mailto, "unsubscribe.mailto", problems)
+        mailto = parsed[1] if parsed else None
+
+    secret_env = _get(table, "secret_env", str, problems, "unsubscribe.secret_env")
+    secret_file = _get(table, "secret_file", str, problems, "unsubscribe.secret_file")
+    if secret_env and secret_file:
+        problems.add("unsubscribe.secret_env", "set secret_env or secret_file, not both")
+    if not secret_file:
+        secret_env = secret_env or DEFAULT_UNSUBSCRIBE_SECRET_ENV
+    return UnsubscribeSettings(
+        url=url or "",
+        mailto=mailto,
+        secret_env=None if secret_file else secret_env,
+        secret_file=_resolve(base_dir, secret_file) if secret_file else None,
+    )
+
+
+def _read_dkim(
+    data: dict[str, Any], base_dir: Path, problems: _Problems
+) -> tuple[DkimSettings, ...]:
+    """Read ``[dkim]`` (one key) or ``[[dkim]]`` (up to two keys, one per algorithm).
+
+    The key files are only checked to exist here. They are read and parsed when a send,
+    preview or check starts, by mailblast.signingkey.load_signing_keys.
+    """
+    value = data.get("dkim")
+    if value is None:
+        return ()
+    if isinstance(value, dict):
+        tables: list[tuple[str, Any]] = [("dkim", value)]
+    elif isinstance(value, list) and 0 < len(value) <= MAX_DKIM_KEYS:
+        tables = [(f"dkim[{index}]", table) for index, table in enumerate(value)]
+    else:
+        problems.add(
+            "dkim",
+            f"expected a [dkim] table or 1 to {MAX_DKIM_KEYS} [[dkim]] tables (one RSA key,"
+            " one Ed25519 key)",
+        )
+        return ()
+
+    settings = []
+    for prefix, table in tables:
+        if not isinstance(table, dict):
+            problems.add(prefix, "must be a table")
+            continue
+        problems.unknown(table, _DKIM_KEYS, f"{prefix}.")
+        table_settings = _read_dkim_table(table, prefix, base_dir, problems)
+        if table_settings is not None:
+            settings.append(table_settings)
+    return tuple(settings)
+
+
+def _read_dkim_table(
+    table: dict[str, Any], prefix: str, base_dir: Path, problems: _Problems
+) -> DkimSettings | None:
+    domain = _get(table, "domain", str, problems, f"{prefix}.domain", required=True)
+    selector = _get(table, "selector", str, problems, f"{prefix}.selector", required=True)
+    key_file = _get(
+        table, "private_key_file", str, problems, f"{prefix}.private_key_file", required=True
+    )
+    if domain is not None:
+        domain = _dns_name(domain, f"{prefix}.domain", "example.com", problems)
+    if selector is not None:
+        selector = _dns_name(selector, f"{prefix}.selector", "s1", problems)
+    if key_file is not None:
+        key_file = _resolve(base_dir, key_file)
+        if not Path(key_file).is_file():
+            problems.add(f"{prefix}.private_key_file", f"key file {key_file} not found")
+    if domain is None or selector is None or key_file is None:
+        return None
+    return DkimSettings(domain=domain, selector=selector, private_key_file=key_file)
+
+
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def _dns_name(value: str, path: str, example: str, problems: _Problems) -> str | None:
+    is_domain = path.endswith("domain")
+    name = normalize_dns_name(value, min_labels=2 if is_domain else 1)
+    if name is None:
+        kind = "domain name" if is_domain else "selector (DNS labels)"
+        problems.add(path, f"{value!r} is not a valid {kind}, such as {example!r}")
+    return name
+
+
+def normalize_dns_name(value: str, min_labels: int) -> str | None:
+    """Return a host name in lower-case A-label form, or None when it is not a valid one.
+
+    Internationalised names are converted with IDNA. Labels are letters, digits and inner
+    hyphens, at most 63 characters. A trailing dot is not accepted.
+    """
+    try:
+        name = value if value.isascii() else idna.encode(value, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return None
+    name = name.lower()
+    labels = name.split(".")
+    if len(labels) < min_labels or len(name) > 253:
+        return None
+    if not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        return None
+    return name
+
+
+_LOOPBACK_HOSTS = {"127.0.0.1", "::1", "[::1]", "localhost"}
+
+
+def _check_unsubscribe_url(url: str, problems: _Problems) -> None:
+    parts = urlsplit(url)
+    # Mailbox providers only offer one-click unsubscribe for https. Plain http is accepted for
+    # a loopback host so that `mailblast serve` can be tried without a certificate.
+    loopback = parts.scheme == "http" and (parts.hostname or "") in _LOOPBACK_HOSTS
+    if parts.scheme != "https" and not loopback:
+        problems.add("unsubscribe.url", f"{url!r} is not an https:// URL")
+    elif not parts.hostname:
+        problems.add("unsubscribe.url", f"{url!r} has no host name")
+    elif parts.fragment or any(ch.isspace() or ch in '<>"' for ch in url):
+        problems.add(
+            "unsubscribe.url", f"{url!r} must not contain a fragment, spaces, quotes or < >"
+        )
+    elif "token=" in parts.query:
+        problems.add("unsubscribe.url", f"{url!r} already has a token parameter; remove it")
 
 
 def _read_templates(table: dict[str, Any], base_dir: Path, problems: _Problems) -> Templates | None:

@@ -6,6 +6,12 @@ Tasks:
 - each relay has up to ``max_connections`` session tasks that compose and send;
 - the recorder writes outcomes and in-flight marks in group commits.
 
+Suppression: the claim flags messages whose address is already suppressed, and the control task
+queries the store once a second which claimed messages became suppressed since. Each message is
+checked against that small set just before it is composed. A suppression added mid-blast so
+stops every message not composed before the engine's next look, for one store query per
+claimed batch and one per second.
+
 Crash safety: a message's in-flight mark is committed after the relay's 354 and before the
 message and its final dot are written, and the outcome after the reply. A run that dies leaves
 each claimed message either without the mark (requeued by the next run) or with it (``unknown``).
@@ -107,6 +113,7 @@ class Engine:
         self.paused = False
         self.wait_for_deferred = True
         self._claimed: dict[int, Job] = {}
+        self._suppressed: set[int] = set()  # ids of claimed messages suppressed since the claim
         self.failure: Exception | None = None
         self.cancelled = False
         self._busy: set[asyncio.Task[Any]] = set()
@@ -283,7 +290,10 @@ class Engine:
             for message in claimed:
                 job = Job(message)
                 self._claimed[message.id] = job
-                self.pending.append(job)
+                if message.suppressed:
+                    self._skip_suppressed(job)
+                else:
+                    self.pending.append(job)
             if claimed:
                 self.pending_ready.set()
                 continue
@@ -370,8 +380,8 @@ class Engine:
         """
         connection: RelayConnection | None = None
         try:
-            # Checking stopping as well as being cancelled: aiosmtplib waits with wait_for,
-            # which on Python 3.11 can lose a cancellation that meets a reply.
+            # Checking stopping as well as being cancelled: on Python 3.11 a cancellation that
+            # meets a timeout's expiry can be lost (see aio.raise_if_cancelling).
             while not self.stopping.is_set():
                 if not relay.session_allowed(slot):
                     await self._close(relay, connection)
@@ -501,6 +511,9 @@ class Engine:
 
     async def _attempt(self, relay: RelayState[Job], connection: RelayConnection, job: Job) -> None:
         message = job.message
+        if message.id in self._suppressed:
+            self._skip_suppressed(job)
+            return
         try:
             composed = self.composer.compose(
                 message.key,
@@ -581,6 +594,7 @@ class Engine:
         record = self._record(job, relay, reply, duration, state, attempts, message_id)
         self.recorder.record(Outcome(message.id, state, attempts, due, first, record))
         self._claimed.pop(message.id, None)
+        self._suppressed.discard(message.id)
         self.stats.outcomes[state] += 1
         self._spend_error_budget(state)
 
@@ -660,6 +674,7 @@ class Engine:
             row = await self._db(self.store.get_campaign, self.campaign.name)
             sent = self.stats.outcomes["sent"]
             await self._db(self.store.heartbeat, self.run_id, now, sent)
+            await self._poll_suppressions()
             lease = self.campaign.sending.lease
             if now - renewed >= lease / 3:
                 await self._db(self.store.renew_lease, self.row.id, self.run_id, now + lease)
@@ -695,6 +710,34 @@ class Engine:
         for run in await self._db(self.store.runs, self.row.id):
             if run["heartbeat_at"] < now - lease:
                 await self._db(self.store.remove_run, run["id"])
+
+    # Suppression
+
+    async def _poll_suppressions(self) -> None:
+        """Note the claimed messages whose address was suppressed after they were claimed."""
+        ids = await self._db(self.store.suppressed_claims, self.row.id, self.run_id)
+        self._suppressed.update(i for i in ids if i in self._claimed)
+
+    def _skip_suppressed(self, job: Job) -> None:
+        """Record a message as suppressed instead of sending it; it counts as no attempt."""
+        message = job.message
+        now = self.clock()
+        record = LogRecord(
+            type="suppressed",
+            time=now,
+            message=message.id,
+            message_id=message_id_for(self.campaign.name, message.key, self.campaign.from_domain),
+            recipient=message.address,
+            text="on the suppression list; not sent",
+            line=message.line,
+        )
+        first = message.first_attempt_at
+        self.recorder.record(
+            Outcome(message.id, "suppressed", message.attempts, now, first, record)
+        )
+        self._claimed.pop(message.id, None)
+        self._suppressed.discard(message.id)
+        self.stats.outcomes["suppressed"] += 1
 
     async def _release_unstarted(self) -> None:
         """Release claimed messages that no session has taken yet, so a pause keeps none."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from jinja2 import FunctionLoader, StrictUndefined, Template, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
@@ -60,6 +61,7 @@ class CompiledTemplates:
         plain = self._environment(autoescape=False)
         html = self._environment(autoescape=True)
         self._compiled: dict[str, Template] = {}
+        self._globals = dict(plain.globals)
         for part in self._sources:
             environment = html if part == "html" else plain
             self._compile(environment, part, problems)
@@ -77,7 +79,10 @@ class CompiledTemplates:
         TemplateError naming the template and line when rendering fails, so that the caller can
         fail this message alone.
         """
-        context = dict(fields)
+        # The globals go into the one context dict shared by all four templates, so Jinja does
+        # not build a merged copy per template (see _render).
+        context: dict[str, Any] = dict(self._globals)
+        context.update(fields)
         context.update(extra)
         return Rendered(
             subject=self._render("subject", context) or "",
@@ -133,10 +138,17 @@ class CompiledTemplates:
                 )
         return problems
 
-    def _render(self, part: str, context: dict[str, str]) -> str | None:
+    def _render(self, part: str, context: dict[str, Any]) -> str | None:
         template = self._compiled.get(part)
         if template is None:
             return None
+        try:
+            # Template.render without its per-call copy of the context; ``context`` already
+            # holds the globals. A failure is rendered again below for its template line.
+            body = template.root_render_func(template.new_context(context, shared=True))
+            return template.environment.concat(body)
+        except Exception:
+            pass
         try:
             return template.render(context)
         except Exception as error:

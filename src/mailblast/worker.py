@@ -11,8 +11,13 @@ import logging
 import time
 from collections.abc import Callable
 
-from mailblast.blast import Summary, require_campaign, run_engine
-from mailblast.compose import Composer
+from mailblast.blast import (
+    Summary,
+    build_composer,
+    finish_sending,
+    require_campaign,
+    run_engine,
+)
 from mailblast.config import Campaign
 from mailblast.engine import Engine, RunStats
 from mailblast.errors import MailblastError
@@ -66,8 +71,10 @@ def work(
         campaign = Campaign.from_dict(row.settings)
         for relay in campaign.relays:
             relay.password()  # an unset variable or unreadable file stops here
-        # The list's columns were checked by 'send' when it loaded the list.
-        composer = Composer(campaign, CompiledTemplates(campaign.templates))
+        # The list's columns were checked by 'send' when it loaded the list. The unsubscribe
+        # secret and the DKIM keys are read here, like the relay passwords.
+        composer = build_composer(campaign, CompiledTemplates(campaign.templates))
         row = wait_for_load(store, row)
         engine = Engine(store, campaign, row, composer)
-        return run_engine(engine, wait, install_signal_handlers, on_start)
+        stats = run_engine(engine, wait, install_signal_handlers, on_start)
+        return finish_sending(store, campaign, engine.row), stats

@@ -15,7 +15,22 @@ from collections.abc import Sequence
 from rich.logging import RichHandler
 
 from mailblast import __version__
-from mailblast.cli import db, demo, log, send, sink, status, worker
+from mailblast.cli import (
+    bounces,
+    db,
+    demo,
+    dkim,
+    dns,
+    log,
+    plan,
+    relays,
+    send,
+    serve,
+    sink,
+    status,
+    suppress,
+    worker,
+)
 from mailblast.cli.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED
 from mailblast.cli.progress import STDERR
 from mailblast.errors import ConfigError, MailblastError, TemplateError
@@ -31,7 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log debug detail and show tracebacks"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (send, status, log, sink, demo, db, worker):
+    for module in (
+        send,
+        status,
+        log,
+        sink,
+        demo,
+        serve,
+        dns,
+        plan,
+        relays,
+        bounces,
+        suppress,
+        dkim,
+        db,
+        worker,
+    ):
         module.register(commands)
     return parser
 

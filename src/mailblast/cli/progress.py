@@ -93,6 +93,8 @@ def _status_line(stats: RunStats, total: int, done_before: int, elapsed: float) 
         f"{rate:.0f} msg/s",
         f"ETA {eta}",
     ]
+    if outcomes["suppressed"]:
+        parts.insert(5, f"suppressed {outcomes['suppressed']}")
     if stats.next_due and remaining:
         wait = stats.next_due - time.time()
         if wait > 0:

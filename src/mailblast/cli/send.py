@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mailblast import blast
+from mailblast import blast, processes
 from mailblast.cli.exit_codes import EXIT_INTERRUPTED
 from mailblast.cli.progress import ProgressDisplay, print_load, print_summary
 from mailblast.config import load_campaign
@@ -56,6 +56,14 @@ def register(commands: Any) -> None:
         help="use this store instead of the campaign's store key: a SQLite file path or a"
         " postgresql://user@host/database URL",
     )
+    send.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="send from N processes that share the store and split each relay's"
+        " max_connections and rate among them (default 1)",
+    )
     send.set_defaults(handler=run_send)
 
     preview = commands.add_parser(
@@ -83,6 +91,11 @@ def run_check(arguments: argparse.Namespace) -> int:
             relay.password()
         except ConfigError as error:
             problems.extend(error.problems)
+    for read_secrets in (blast.unsubscribe_links, blast.dkim_signer):
+        try:
+            read_secrets(campaign)
+        except ConfigError as error:
+            problems.extend(error.problems)
     accepted = rejected = 0
     for item in read_recipients(campaign.recipients):
         if isinstance(item, Rejected):
@@ -97,6 +110,8 @@ def run_check(arguments: argparse.Namespace) -> int:
     print(f"relays: {', '.join(relay.name for relay in campaign.relays)}")
     if accepted == 0:
         problems.append(f"{campaign.recipients.path}: no acceptable recipient")
+    for warning in blast.deliverability_warnings(campaign):
+        print(f"warning: {warning}")
     if problems:
         raise TemplateError(problems)
     print(f"campaign {campaign.name}: ok")
@@ -109,6 +124,8 @@ def run_send(arguments: argparse.Namespace) -> int:
             "--limit applies only to proofs sent with --test-to ADDRESS; a campaign send has"
             " no limit (use 'mailblast pause' to stop one)"
         )
+    if arguments.processes != 1 and arguments.test_to:
+        raise MailblastError("--processes applies to a campaign send, not to proofs (--test-to)")
     campaign = load_campaign(arguments.campaign)
     if arguments.store:
         campaign = dataclasses.replace(campaign, store=arguments.store)
@@ -123,6 +140,14 @@ def run_send(arguments: argparse.Namespace) -> int:
         if rejected:
             raise MailblastError(f"{rejected} of {len(results)} proofs were not accepted")
         return 0
+    if arguments.processes != 1:
+        summary, stats, report = processes.send_in_processes(
+            campaign, arguments.processes, wait=not arguments.no_wait
+        )
+        if report is not None:
+            print_load(report)
+        print_summary(summary, stats)
+        return EXIT_INTERRUPTED if stats.interrupted else 0
     display = ProgressDisplay(campaign.name)
     summary, stats, report = blast.send(
         campaign,

@@ -8,7 +8,7 @@ from typing import Any
 
 from mailblast import blast
 from mailblast.cli.progress import print_summary
-from mailblast.errors import MailblastError
+from mailblast.control import apply_action, check_action
 
 DEFAULT_STORE = "mailblast.db"
 
@@ -90,22 +90,12 @@ def describe_run(run: dict[str, Any], now: float) -> str:
 def run_control(arguments: argparse.Namespace) -> int:
     with blast.opened(arguments.store) as store:
         row = blast.require_campaign(store, arguments.name)
-        if row.status in ("cancelled", "done") and arguments.action != "cancel":
-            raise MailblastError(
-                f"campaign {arguments.name} is {row.status}; it cannot be {arguments.action}d"
-            )
-        now = time.time()
-        if arguments.action == "pause":
-            store.set_status(row.id, "paused", "paused by the operator", now)
-        elif arguments.action == "resume":
-            store.set_status(row.id, "active", None, now)
-        else:
-            if not arguments.yes and not _confirm(f"cancel campaign {arguments.name}? [y/N] "):
-                print("not cancelled")
-                return 1
-            store.set_status(row.id, "cancelled", "cancelled by the operator", now)
-            if not store.runs(row.id):
-                store.cancel_remaining(row.id, now)
+        check_action(row, arguments.action)
+        question = f"cancel campaign {arguments.name}? [y/N] "
+        if arguments.action == "cancel" and not arguments.yes and not _confirm(question):
+            print("not cancelled")
+            return 1
+        apply_action(store, row, arguments.action, time.time())
     print(f"campaign {arguments.name}: {arguments.action} requested")
     return 0
 

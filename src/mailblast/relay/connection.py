@@ -1,23 +1,22 @@
 """One SMTP session to a relay: connect, EHLO, STARTTLS, AUTH once, then a transaction per message.
 
-Built on aiosmtplib. DATA is split in two steps. A connection lost before the relay's 354
-handed nothing over, so the message is retried. A connection lost after the final dot was
-written may have delivered it, so the outcome is unknown.
+Built on the lean client in relay/client.py, which pipelines MAIL, RCPT and DATA when the relay
+offers PIPELINING. DATA is split in two steps. A connection lost before the relay's 354 handed
+nothing over, so the message is retried. A connection lost after the final dot was written may
+have delivered it, so the outcome is unknown.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 
-import aiosmtplib
-
 from mailblast.config import RelaySettings
 from mailblast.relay.classify import (
+    S250_OK,
     S354_START_INPUT,
     Command,
     Reply,
@@ -25,20 +24,13 @@ from mailblast.relay.classify import (
     classify,
     connection_failure,
 )
+from mailblast.relay.client import S220_READY, S235_AUTH_OK, SMTPClient
+from mailblast.relay.protocol import SMTPConnectionLost, SMTPReply
 
 logger = logging.getLogger("mailblast.relay")
 
-_LEADING_DOT = re.compile(rb"(?m)^\.")
-_CONNECTION_ERRORS = (
-    aiosmtplib.SMTPServerDisconnected,
-    aiosmtplib.SMTPConnectError,
-    aiosmtplib.SMTPTimeoutError,
-    aiosmtplib.SMTPConnectTimeoutError,
-    ConnectionError,
-    TimeoutError,
-    OSError,
-    ssl.SSLError,
-)
+_CONNECTION_ERRORS = (SMTPConnectionLost, ConnectionError, TimeoutError, OSError, ssl.SSLError)
+QUIT_TIMEOUT = 5.0
 
 
 class SessionError(Exception):
@@ -70,15 +62,17 @@ class RelayConnection:
     def __init__(self, settings: RelaySettings, ehlo_name: str | None = None) -> None:
         self.settings = settings
         self.ehlo_name = settings.ehlo_name or ehlo_name or default_ehlo_name()
-        self.client: aiosmtplib.SMTP | None = None
+        self.client: SMTPClient | None = None
         self.messages_sent = 0
         self.last_used = time.monotonic()
         self.smtputf8 = False
         self.pipelining = False
+        self.eight_bit_mime = False
+        self._step = Command.MAIL  # the command whose reply is awaited, for connection failures
 
     @property
     def is_open(self) -> bool:
-        return self.client is not None and self.client.is_connected
+        return self.client is not None and self.client.is_open
 
     async def open(self) -> None:
         """Connect and prepare the session; raise SessionError with a classified reason."""
@@ -96,63 +90,81 @@ class RelayConnection:
                     Scope.RELAY,
                 )
             )
-        client = aiosmtplib.SMTP(
-            hostname=relay.host,
-            port=relay.port,
-            local_hostname=self.ehlo_name,
-            timeout=relay.command_timeout,
-            use_tls=relay.tls == "implicit",
-            start_tls=False,
-            tls_context=tls_context(relay) if relay.tls != "none" else None,
-        )
-        self.client = client
         try:
-            await client.connect(timeout=relay.connect_timeout)
-            # Without STARTTLS aiosmtplib defers EHLO; the extensions are needed now.
-            await client.ehlo()
-            if relay.tls == "starttls":
-                await self._starttls(client)
-        except aiosmtplib.SMTPResponseException as error:
-            self.close()
-            raise SessionError(classify(Command.CONNECT, error.code, error.message)) from error
+            refusal = await self._connect()
         except _CONNECTION_ERRORS as error:
             self.close()
             raise SessionError(_connect_failure(relay, error)) from error
-        except aiosmtplib.SMTPException as error:
-            # Such as "STARTTLS extension not supported": the relay cannot be used as set up.
+        if refusal is None:
+            refusal = await self._authenticate()
+        if refusal is not None:
             self.close()
-            text = f"relay {relay.name} cannot be used with tls = {relay.tls!r}: {error}"
-            raise SessionError(Reply(Command.STARTTLS, None, None, text, Scope.RELAY)) from error
-        await self._authenticate(client)
-        self.smtputf8 = client.supports_extension("smtputf8")
-        self.pipelining = client.supports_extension("pipelining")
+            raise SessionError(refusal)
+        self._read_extensions()
         logger.debug("relay %s: session open (SMTPUTF8=%s)", relay.name, self.smtputf8)
 
-    async def _starttls(self, client: aiosmtplib.SMTP) -> None:
+    async def _connect(self) -> Reply | None:
+        """Connect, read the greeting, EHLO and STARTTLS; return the reply that refused them."""
+        relay = self.settings
+        context = tls_context(relay) if relay.tls != "none" else None
+        client, greeting = await SMTPClient.connect(
+            relay.host,
+            relay.port,
+            timeout=relay.connect_timeout,
+            command_timeout=relay.command_timeout,
+            tls_context=context if relay.tls == "implicit" else None,
+        )
+        self.client = client
+        if greeting.code != S220_READY:
+            return _refused(Command.CONNECT, greeting)
+        reply = await client.ehlo(self.ehlo_name)
+        if reply.code != S250_OK:
+            return _refused(Command.EHLO, reply)
+        if relay.tls == "starttls":
+            assert context is not None
+            return await self._starttls(client, context)
+        return None
+
+    async def _starttls(self, client: SMTPClient, context: ssl.SSLContext) -> Reply | None:
         """Upgrade to TLS, then EHLO again (RFC 3207 section 4.2)."""
+        relay = self.settings
+        if not client.supports("starttls"):
+            text = (
+                f"relay {relay.name} cannot be used with tls = 'starttls': it does not offer"
+                " STARTTLS; set tls = 'implicit' or 'none' if that is how it works"
+            )
+            return Reply(Command.STARTTLS, None, None, text, Scope.RELAY)
         # NOTE: when the TLS handshake fails (say, a certificate that does not verify),
         # Python 3.11's asyncio can leave the plain socket for the garbage collector, which
         # then warns with ResourceWarning. The session is closed; only the warning remains.
-        await client.starttls()
-        await client.ehlo()
+        reply = await client.starttls(context, relay.host, relay.connect_timeout)
+        if reply.code != S220_READY:
+            return _refused(Command.STARTTLS, reply)
+        reply = await client.ehlo(self.ehlo_name)
+        return None if reply.code == S250_OK else _refused(Command.EHLO, reply)
 
-    async def _authenticate(self, client: aiosmtplib.SMTP) -> None:
+    async def _authenticate(self) -> Reply | None:
+        """Log in when the relay has a user name; return the reply that refused it."""
         relay = self.settings
-        if not relay.username:
-            return
+        client = self.client
+        if not relay.username or client is None:
+            return None
+        if not client.supports("auth"):
+            text = f"relay {relay.name} does not offer AUTH, but username is set for it"
+            return Reply(Command.AUTH, None, None, text, Scope.RELAY)
         password = relay.password() or ""
         try:
-            await client.login(relay.username, password)
-        except aiosmtplib.SMTPResponseException as error:
-            self.close()
-            raise SessionError(classify(Command.AUTH, error.code, error.message)) from error
+            reply = await client.authenticate(relay.username, password)
         except _CONNECTION_ERRORS as error:
             self.close()
             raise SessionError(connection_failure(Command.AUTH, _describe(error))) from error
-        except aiosmtplib.SMTPException as error:
-            self.close()
-            text = f"AUTH failed on relay {relay.name}: {error}"
-            raise SessionError(Reply(Command.AUTH, None, None, text, Scope.RELAY)) from error
+        return None if reply.code == S235_AUTH_OK else _refused(Command.AUTH, reply)
+
+    def _read_extensions(self) -> None:
+        assert self.client is not None
+        self.smtputf8 = self.client.supports("smtputf8")
+        self.pipelining = self.client.supports("pipelining")
+        self.eight_bit_mime = self.client.supports("8bitmime")
 
     async def send(
         self,
@@ -169,15 +181,16 @@ class RelayConnection:
         nothing more is written and the connection is closed.
         """
         client = self.client
-        if client is None:
+        if client is None or not client.is_open:
             return connection_failure(Command.MAIL, "session is not open")
-        encoding = "utf-8" if smtputf8 else "ascii"
-        options = ["SMTPUTF8"] if smtputf8 else []
-        if client.supports_extension("8bitmime"):
-            options.append("BODY=8BITMIME")
-        reply = await self._command(client.mail, envelope_sender, options, encoding, Command.MAIL)
-        if reply is None:
-            reply = await self._command(client.rcpt, recipient, [], encoding, Command.RCPT)
+        lines = self._envelope_lines(envelope_sender, recipient, smtputf8)
+        if isinstance(lines, Reply):
+            return lines
+        try:
+            reply = await self._envelope(client, lines)
+        except _CONNECTION_ERRORS as error:
+            self.close()
+            reply = connection_failure(self._step, _describe(error))
         if reply is None:
             reply = await self._data(client, data, before_end_of_data)
         if reply.scope is not Scope.SUCCESS:
@@ -187,100 +200,132 @@ class RelayConnection:
         self.last_used = time.monotonic()
         return reply
 
-    async def check(self) -> bool:
-        """Send NOOP on an idle session; False (and the session closed) if it no longer works."""
-        client = self.client
-        if client is None or not client.is_connected:
-            self.close()
-            return False
+    def _envelope_lines(self, sender: str, recipient: str, smtputf8: bool) -> list[bytes] | Reply:
+        """Return the MAIL, RCPT and DATA lines, or a message-scope reply if they cannot be sent."""
+        if any(character in sender + recipient for character in "\r\n<>"):
+            text = f"address {recipient!r} or {sender!r} contains a line break or an angle bracket"
+            return Reply(Command.MAIL, None, None, text, Scope.MESSAGE)
+        mail = f"MAIL FROM:<{sender}>"
+        if smtputf8:
+            mail += " SMTPUTF8"
+        if self.eight_bit_mime:
+            mail += " BODY=8BITMIME"
         try:
-            response = await client.noop(timeout=self.settings.command_timeout)
-        except (aiosmtplib.SMTPException, *_CONNECTION_ERRORS):
-            self.close()
-            return False
-        self.last_used = time.monotonic()
-        return 200 <= response.code < 300
+            encoding = "utf-8" if smtputf8 else "ascii"
+            return [mail.encode(encoding), f"RCPT TO:<{recipient}>".encode(encoding), b"DATA"]
+        except UnicodeEncodeError:
+            text = f"address {recipient!r} or {sender!r} is not ASCII and SMTPUTF8 is not in use"
+            return Reply(Command.MAIL, None, None, text, Scope.MESSAGE)
 
-    async def _command(
-        self,
-        method: Callable[..., Awaitable[aiosmtplib.SMTPResponse]],
-        address: str,
-        options: list[str],
-        encoding: str,
-        command: Command,
-    ) -> Reply | None:
-        """Send MAIL or RCPT; return None on 250, else the classified reply."""
-        try:
-            await method(address, options=options, encoding=encoding)
-        except aiosmtplib.SMTPResponseException as error:
-            return classify(command, error.code, error.message)
-        except _CONNECTION_ERRORS as error:
-            self.close()
-            return connection_failure(command, _describe(error))
-        return None
+    async def _envelope(self, client: SMTPClient, lines: list[bytes]) -> Reply | None:
+        """Send MAIL, RCPT and DATA; return None after the relay's 354, else the first refusal.
+
+        With PIPELINING the three lines go out together and every reply is read, so that the
+        session stays in step. Without it, each command waits for the previous reply.
+        """
+        refusal: Reply | None = None
+        if self.pipelining:
+            client.write_lines(lines)
+        for command, line in zip(_ENVELOPE_COMMANDS, lines, strict=True):
+            self._step = command
+            try:
+                reply = await (client.read_reply() if self.pipelining else client.command(line))
+            except _CONNECTION_ERRORS:
+                if refusal is None:
+                    raise
+                # A relay that rejected MAIL with 421 closes without replying to the rest.
+                self.close()
+                return refusal
+            if refusal is None and not _accepted(command, reply.code):
+                refusal = _refused(command, reply)
+                if not self.pipelining:
+                    return refusal
+            elif refusal is not None and reply.code == S354_START_INPUT:
+                # DATA started although MAIL or RCPT failed: end it at once with an empty body.
+                await client.command(".")
+        return refusal
 
     async def _data(
         self,
-        client: aiosmtplib.SMTP,
+        client: SMTPClient,
         data: bytes,
         before_end_of_data: Callable[[], Awaitable[None]],
     ) -> Reply:
-        relay = self.settings
-        try:
-            start = await client.execute_command(b"DATA", timeout=relay.command_timeout)
-        except aiosmtplib.SMTPResponseException as error:
-            return classify(Command.DATA, error.code, error.message)
-        except _CONNECTION_ERRORS as error:
-            self.close()
-            return connection_failure(Command.DATA, _describe(error))
-        if start.code != S354_START_INPUT:
-            return classify(Command.DATA, start.code, start.message)
         try:
             await before_end_of_data()
         except BaseException:
             self.close()
             raise
-        protocol = client.protocol
-        if protocol is None or not client.is_connected:
+        if not client.is_open:
             self.close()
             return connection_failure(Command.DATA, "connection lost before the message was sent")
-        protocol.write(_LEADING_DOT.sub(b"..", data) + b".\r\n")
         try:
-            response = await protocol.read_response(timeout=relay.data_timeout)
-        except (aiosmtplib.SMTPException, *_CONNECTION_ERRORS) as error:
+            response = await client.send_data(data, self.settings.data_timeout)
+        except _CONNECTION_ERRORS as error:
             self.close()
             return connection_failure(Command.END_OF_DATA, _describe(error), after_end_of_data=True)
-        return classify(Command.END_OF_DATA, response.code, response.message)
+        return classify(Command.END_OF_DATA, response.code, response.text)
+
+    async def check(self) -> bool:
+        """Send NOOP on an idle session; False (and the session closed) if it no longer works."""
+        client = self.client
+        if client is None or not client.is_open:
+            self.close()
+            return False
+        try:
+            reply = await client.command("NOOP")
+        except _CONNECTION_ERRORS:
+            self.close()
+            return False
+        self.last_used = time.monotonic()
+        return 200 <= reply.code < 300
 
     async def _reset(self, reply: Reply) -> None:
         """Close after a connection-scope reply; otherwise RSET so the next transaction is clean."""
-        if self.client is None or not self.client.is_connected:
+        client = self.client
+        if client is None or not client.is_open:
             self.close()
             return
         if reply.scope in (Scope.CONNECTION, Scope.UNKNOWN, Scope.RELAY):
             await self.quit()
             return
         try:
-            await self.client.rset(timeout=self.settings.command_timeout)
-        except (aiosmtplib.SMTPException, *_CONNECTION_ERRORS):
+            answer = await client.command("RSET")
+        except _CONNECTION_ERRORS:
+            self.close()
+            return
+        if answer.code != S250_OK:
             self.close()
 
     async def quit(self) -> None:
         client = self.client
-        if client is None:
-            return
-        try:
-            if client.is_connected:
-                await client.quit(timeout=5)
-        except (aiosmtplib.SMTPException, *_CONNECTION_ERRORS):
-            pass
-        finally:
-            self.close()
+        self.client = None
+        if client is not None:
+            await client.quit(QUIT_TIMEOUT)
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
         self.client = None
+
+
+_ENVELOPE_COMMANDS = (Command.MAIL, Command.RCPT, Command.DATA)
+
+
+def _accepted(command: Command, code: int) -> bool:
+    """Return whether a reply lets the transaction go on: 354 to DATA, 2xx to MAIL and RCPT."""
+    if command is Command.DATA:
+        return code == S354_START_INPUT
+    return 200 <= code < 300
+
+
+def _refused(command: Command, reply: SMTPReply) -> Reply:
+    """Classify a reply that ended a step; an unexpected positive code is a lost session."""
+    classified = classify(command, reply.code, reply.text)
+    if classified.scope is not Scope.SUCCESS:
+        return classified
+    text = f"unexpected reply {reply.code} {classified.text}"
+    return Reply(command, reply.code, classified.status, text, Scope.CONNECTION)
 
 
 def _connect_failure(relay: RelaySettings, error: BaseException) -> Reply:

@@ -10,6 +10,7 @@ Message states::
     queued ─► sending ─► sent | deferred | bounced | failed | unknown
     deferred ─► (due) sending;  deferred past the maximum age ─► expired
     queued or deferred when the campaign is cancelled ─► cancelled
+    queued, deferred or sending when the address is on the suppression list ─► suppressed
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-FINAL_STATES = frozenset({"sent", "bounced", "failed", "expired", "cancelled"})
+FINAL_STATES = frozenset({"sent", "bounced", "failed", "expired", "cancelled", "suppressed"})
 MESSAGE_STATES = (
     "queued",
     "sending",
@@ -29,6 +30,7 @@ MESSAGE_STATES = (
     "unknown",
     "expired",
     "cancelled",
+    "suppressed",
 )
 LOG_TYPES = frozenset(
     {
@@ -64,6 +66,12 @@ LOG_COLUMNS = (
 )
 
 
+# Delivery record types that report a problem, shown by the dashboard as its last errors.
+PROBLEM_TYPES = ("deferred", "bounced", "failed", "unknown", "expired")
+# SMTP steps before MAIL FROM: a deferral there means the relay itself failed, not a recipient.
+SESSION_COMMANDS = ("connect", "ehlo", "starttls", "auth")
+
+
 @dataclass(slots=True)
 class CampaignRow:
     """A campaign row of the store."""
@@ -96,6 +104,7 @@ class ClaimedMessage:
     fields: str  # JSON object, parsed only when the message is composed
     attempts: int
     first_attempt_at: float | None
+    suppressed: bool = False  # the address was on the suppression list when it was claimed
 
 
 @dataclass(slots=True)
@@ -118,6 +127,33 @@ class LogRecord:
 
 
 @dataclass(slots=True)
+class RelayActivity:
+    """Delivery records of one relay and type in a time window; ``session`` marks failures
+    before MAIL FROM (SESSION_COMMANDS)."""
+
+    relay: str
+    type: str
+    session: bool
+    count: int
+    last: float
+
+
+@dataclass(slots=True)
+class DeferredMessage:
+    """A deferred message waiting for its next attempt."""
+
+    id: int
+    line: int
+    address: str
+    attempts: int
+    due_at: float
+    relay: str | None
+    code: int | None
+    status: str | None
+    reply: str | None
+
+
+@dataclass(slots=True)
 class Outcome:
     """The new state of one message after an attempt, with the record that explains it."""
 
@@ -125,7 +161,7 @@ class Outcome:
     state: str
     attempts: int
     due_at: float
-    first_attempt_at: float
+    first_attempt_at: float | None  # None for a message never attempted
     record: LogRecord
 
 
@@ -149,12 +185,58 @@ class LoadChunkResult:
     suppressed: list[LoadRow] = field(default_factory=list)
 
 
+# Suppression list
+
+SUPPRESSION_REASONS = ("unsubscribed", "hard-bounce", "soft-bounce", "complaint", "manual")
+EVERY_CAMPAIGN = 0  # the campaign_id of a suppression that applies to every campaign
+
+
+@dataclass(slots=True)
+class Suppression:
+    """One entry of the suppression list, unique by (key, campaign_id)."""
+
+    key: str  # recipients.normalise_address's de-duplication key
+    address: str
+    reason: str  # one of SUPPRESSION_REASONS
+    campaign_id: int  # EVERY_CAMPAIGN, or the id of the one campaign it applies to
+    origin: str | None  # name of the campaign that caused it (an unsubscribe, a bounce)
+    time: float
+    campaign: str | None = None  # name of campaign_id, filled in when read from the store
+
+
 @dataclass(slots=True)
 class RecoveryResult:
     """Messages taken back from runs that are gone or whose lease expired."""
 
     requeued: int
     unknown: int
+
+
+@dataclass(slots=True)
+class MessageRef:
+    """The fields of a queued message that bounce processing uses."""
+
+    id: int
+    campaign_id: int
+    address: str
+    key: str
+    state: str
+
+
+@dataclass(slots=True)
+class BounceEvent:
+    """One processed bounce, complaint or unsubscribe request for one recipient.
+
+    ``id`` identifies the returned message and the recipient, so the same event recorded twice
+    is stored once. ``bounce_class`` is hard, soft, delayed, block, complaint or unsubscribe.
+    """
+
+    id: str
+    key: str
+    bounce_class: str
+    campaign_id: int  # 0 when no campaign is known
+    record: LogRecord
+    mark_bounced: bool  # turn the message from sent to bounced
 
 
 class Store(Protocol):
@@ -224,8 +306,80 @@ class Store(Protocol):
 
     def lease_owners(self, campaign_id: int) -> list[str]: ...
 
+    # Suppression list. A campaign_id of None in a filter means every scope.
+
     def is_suppressed(self, campaign_id: int, key: str) -> bool: ...
+
+    def add_suppression(
+        self,
+        key: str,
+        address: str,
+        reason: str,
+        campaign_id: int,
+        now: float,
+        origin: str | None = None,
+        record: LogRecord | None = None,
+    ) -> bool:
+        """Add one entry; return False, changing nothing, when (key, campaign_id) is listed.
+
+        A new entry's ``record`` is appended to the delivery log of the campaign named by
+        ``origin`` in the same transaction, when that campaign is in the store.
+        """
+        ...
+
+    def add_suppressions(self, entries: Sequence[Suppression]) -> int:
+        """Add entries in one transaction, keeping existing ones; return how many were new."""
+        ...
+
+    def remove_suppressions(
+        self, campaign_id: int, keys: Sequence[str] | None = None, reason: str | None = None
+    ) -> int:
+        """Remove the given keys, or with no keys every entry of that reason, from one scope."""
+        ...
+
+    def count_suppressions(
+        self, campaign_id: int | None = None, reason: str | None = None
+    ) -> int: ...
+
+    def list_suppressions(
+        self,
+        campaign_id: int | None = None,
+        reason: str | None = None,
+        after: tuple[str, int] | None = None,
+        limit: int = 1000,
+    ) -> list[Suppression]:
+        """Return up to ``limit`` entries after the (key, campaign_id) ``after``, in that order."""
+        ...
+
+    def suppressed_claims(self, campaign_id: int, owner: str) -> list[int]:
+        """Return the ids of messages ``owner`` has claimed whose address is now suppressed."""
+        ...
 
     def iter_log(self, campaign_id: int) -> Iterator[dict[str, Any]]: ...
 
     def relay_totals(self, campaign_id: int) -> dict[str, dict[str, Any]]: ...
+
+    # Dashboard queries: each one reads an index range or a bounded number of rows, so that a
+    # page polling every second stays cheap on a store with a million messages.
+
+    def relay_activity(self, campaign_id: int, since: float) -> list[RelayActivity]: ...
+
+    def last_problems(self, campaign_id: int, limit: int) -> list[LogRecord]: ...
+
+    def relay_last_problems(self, campaign_id: int, since: float) -> dict[str, LogRecord]: ...
+
+    def deferred_due_counts(self, campaign_id: int, bounds: Sequence[float]) -> list[int]: ...
+
+    def next_deferred(self, campaign_id: int, limit: int) -> list[DeferredMessage]: ...
+
+    # Bounce processing
+
+    def find_message(self, message: int) -> MessageRef | None: ...
+
+    def find_messages_by_key(self, key: str) -> list[MessageRef]: ...
+
+    def count_soft_bounces(self, key: str) -> int: ...
+
+    def bounce_recorded(self, bounce_id: str) -> bool: ...
+
+    def record_bounce(self, event: BounceEvent) -> bool: ...

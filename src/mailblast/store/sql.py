@@ -8,6 +8,7 @@ write differently (claiming, opening, migrating) live in the backend's own modul
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -16,19 +17,37 @@ from typing import Any, Self
 
 from mailblast.errors import StoreError
 from mailblast.store.base import (
+    PROBLEM_TYPES,
+    SESSION_COMMANDS,
+    BounceEvent,
     CampaignRow,
     ClaimedMessage,
+    DeferredMessage,
     LoadChunkResult,
     LoadRow,
     LogRecord,
+    MessageRef,
     Outcome,
     RecoveryResult,
+    RelayActivity,
+    Suppression,
 )
 
 LOG_INSERT = (
     "INSERT INTO delivery_log (time, campaign_id, message, message_id, recipient, type, relay,"
     " attempt, command, code, status, text, duration, line)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+RECORD_COLUMNS = (
+    "type, time, message, message_id, recipient, relay, attempt, command, code, status, text,"
+    " duration, line"
+)
+PROBLEM_MARKS = ", ".join("?" * len(PROBLEM_TYPES))
+SESSION_LIST = ", ".join(f"'{command}'" for command in SESSION_COMMANDS)
+MESSAGE_REF_COLUMNS = "id, campaign_id, address, key, state"
+SUPPRESSION_INSERT = (
+    "INSERT INTO suppressions (key, campaign_id, address, reason, origin, time)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key, campaign_id) DO NOTHING"
 )
 CAMPAIGN_COLUMNS = (
     "id, name, settings, status, status_reason, created_at, started_at, finished_at, loaded_at,"
@@ -72,6 +91,19 @@ def _campaign(row: tuple[Any, ...]) -> CampaignRow:
     values = list(row)
     values[2] = json.loads(values[2])
     return CampaignRow(*values)
+
+
+def _suppression_filter(campaign_id: int | None, reason: str | None) -> tuple[str, list[Any]]:
+    """Return the WHERE condition on suppressions (alias s) and its values."""
+    conditions = ["1 = 1"]
+    values: list[Any] = []
+    if campaign_id is not None:
+        conditions.append("s.campaign_id = ?")
+        values.append(campaign_id)
+    if reason is not None:
+        conditions.append("s.reason = ?")
+        values.append(reason)
+    return " AND ".join(conditions), values
 
 
 class SQLStore:
@@ -271,7 +303,13 @@ class SQLStore:
                 CLAIM.format(lock=self.claim_lock),
                 (owner, lease_until, campaign_id, now, limit),
             ).fetchall()
-            return sorted((ClaimedMessage(*row) for row in rows), key=lambda m: m.id)
+            claimed = sorted((ClaimedMessage(*row) for row in rows), key=lambda m: m.id)
+            # A separate query, because SQLite 3.40 scans the whole suppression list for a
+            # subquery in RETURNING instead of using its primary key.
+            suppressed = self._suppressed_keys(campaign_id, [m.key for m in claimed])
+            for message in claimed:
+                message.suppressed = message.key in suppressed
+            return claimed
 
         result: list[ClaimedMessage] = self._write("claiming messages", run)
         return result
@@ -466,17 +504,110 @@ class SQLStore:
         ).fetchone()
         return row is not None
 
+    # Suppression list
+
     def add_suppression(
-        self, key: str, address: str, reason: str, campaign_id: int, now: float
-    ) -> None:
-        self._write(
-            "adding a suppression",
-            self._execute,
-            "INSERT INTO suppressions (key, campaign_id, address, reason, time)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (key, campaign_id) DO UPDATE SET"
-            " address = excluded.address, reason = excluded.reason, time = excluded.time",
-            (key, campaign_id, address, reason, now),
-        )
+        self,
+        key: str,
+        address: str,
+        reason: str,
+        campaign_id: int,
+        now: float,
+        origin: str | None = None,
+        record: LogRecord | None = None,
+    ) -> bool:
+        def run() -> bool:
+            values = (key, campaign_id, address, reason, origin, now)
+            if self._execute(SUPPRESSION_INSERT, values).rowcount == 0:
+                return False
+            if record is not None and origin is not None:
+                self._log_for_campaign(origin, key, record)
+            return True
+
+        added: bool = self._write("adding a suppression", run)
+        return added
+
+    def _log_for_campaign(self, name: str, key: str, record: LogRecord) -> None:
+        """Append a record to a campaign's log, tied to its message for that key if any."""
+        campaign = self._execute("SELECT id FROM campaigns WHERE name = ?", (name,)).fetchone()
+        if campaign is None:
+            return
+        message = self._execute(
+            "SELECT id, line FROM messages WHERE campaign_id = ? AND key = ?", (campaign[0], key)
+        ).fetchone()
+        if message is not None:
+            record.message, record.line = message
+        self._execute(LOG_INSERT, log_values(campaign[0], record))
+
+    def add_suppressions(self, entries: Sequence[Suppression]) -> int:
+        values = [(e.key, e.campaign_id, e.address, e.reason, e.origin, e.time) for e in entries]
+        return self._write_counted("adding suppressions", SUPPRESSION_INSERT, values)
+
+    def _write_counted(self, operation: str, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Run one statement per row in one transaction; return the rows changed in total."""
+        if not rows:
+            return 0  # a cursor that ran nothing reports -1
+        cursor = self._write(operation, self._executemany, sql, rows)
+        return int(cursor.rowcount)
+
+    def remove_suppressions(
+        self, campaign_id: int, keys: Sequence[str] | None = None, reason: str | None = None
+    ) -> int:
+        condition = "campaign_id = ?" + (" AND reason = ?" if reason else "")
+        scope = (campaign_id, reason) if reason else (campaign_id,)
+        if keys is None:
+            statement = f"DELETE FROM suppressions WHERE {condition}"
+            cursor = self._write("removing suppressions", self._execute, statement, scope)
+            return int(cursor.rowcount)
+        statement = f"DELETE FROM suppressions WHERE key = ? AND {condition}"
+        values = [(key, *scope) for key in keys]
+        return self._write_counted("removing suppressions", statement, values)
+
+    def count_suppressions(self, campaign_id: int | None = None, reason: str | None = None) -> int:
+        condition, values = _suppression_filter(campaign_id, reason)
+        row = self._execute(f"SELECT count(*) FROM suppressions s WHERE {condition}", values)
+        return int(row.fetchone()[0])
+
+    def list_suppressions(
+        self,
+        campaign_id: int | None = None,
+        reason: str | None = None,
+        after: tuple[str, int] | None = None,
+        limit: int = 1000,
+    ) -> list[Suppression]:
+        condition, values = _suppression_filter(campaign_id, reason)
+        if after is not None:
+            condition += " AND (s.key, s.campaign_id) > (?, ?)"
+            values.extend(after)
+        rows = self._execute(
+            "SELECT s.key, s.address, s.reason, s.campaign_id, s.origin, s.time, c.name"
+            " FROM suppressions s LEFT JOIN campaigns c ON c.id = s.campaign_id"
+            f" WHERE {condition} ORDER BY s.key, s.campaign_id LIMIT ?",
+            (*values, limit),
+        ).fetchall()
+        return [Suppression(*row) for row in rows]
+
+    def _suppressed_keys(self, campaign_id: int, keys: Sequence[str]) -> set[str]:
+        """Return which of the keys are suppressed for the campaign, querying 500 keys at a time."""
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            part = keys[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self._execute(
+                f"SELECT key FROM suppressions WHERE key IN ({marks}) AND campaign_id IN (0, ?)",
+                (*part, campaign_id),
+            )
+            found.update(row[0] for row in rows)
+        return found
+
+    def suppressed_claims(self, campaign_id: int, owner: str) -> list[int]:
+        rows = self._execute(
+            "SELECT m.id FROM messages m WHERE m.campaign_id = ? AND m.state = 'sending'"
+            " AND m.lease_owner = ? AND EXISTS (SELECT 1 FROM suppressions s"
+            " WHERE s.key = m.key AND s.campaign_id IN (0, ?))",
+            (campaign_id, owner, campaign_id),
+        ).fetchall()
+        return [row[0] for row in rows]
 
     def iter_log(self, campaign_id: int) -> Iterator[dict[str, Any]]:
         name_row = self._execute("SELECT name FROM campaigns WHERE id = ?", (campaign_id,))
@@ -531,6 +662,127 @@ class SQLStore:
             " FROM messages WHERE campaign_id = ? AND state = ? ORDER BY id LIMIT ?",
             (campaign_id, state, limit),
         ).fetchall()
+
+    # Dashboard queries
+
+    def relay_activity(self, campaign_id: int, since: float) -> list[RelayActivity]:
+        rows = self._execute(
+            "SELECT relay, type,"
+            f" CASE WHEN command IN ({SESSION_LIST}) THEN 1 ELSE 0 END, count(*), max(time)"
+            f" FROM delivery_log WHERE campaign_id = ? AND type IN ('sent', {PROBLEM_MARKS})"
+            " AND time >= ? AND relay IS NOT NULL GROUP BY 1, 2, 3",
+            (campaign_id, *PROBLEM_TYPES, since),
+        ).fetchall()
+        return [RelayActivity(r[0], r[1], bool(r[2]), r[3], r[4]) for r in rows]
+
+    def last_problems(self, campaign_id: int, limit: int) -> list[LogRecord]:
+        # One index range per type, newest first, rather than sorting every problem record.
+        records: list[LogRecord] = []
+        for kind in PROBLEM_TYPES:
+            rows = self._execute(
+                f"SELECT {RECORD_COLUMNS} FROM delivery_log WHERE campaign_id = ? AND type = ?"
+                " ORDER BY time DESC LIMIT ?",
+                (campaign_id, kind, limit),
+            ).fetchall()
+            records.extend(LogRecord(*row) for row in rows)
+        records.sort(key=lambda record: record.time, reverse=True)
+        return records[:limit]
+
+    def relay_last_problems(self, campaign_id: int, since: float) -> dict[str, LogRecord]:
+        # An aggregate finds each relay's newest time, then one index lookup per relay reads its
+        # record. This is cheaper than ranking every problem record of the window.
+        latest = self._execute(
+            "SELECT relay, max(time) FROM delivery_log WHERE campaign_id = ?"
+            f" AND type IN ({PROBLEM_MARKS}) AND time >= ? AND relay IS NOT NULL GROUP BY relay",
+            (campaign_id, *PROBLEM_TYPES, since),
+        ).fetchall()
+        records: dict[str, LogRecord] = {}
+        for relay, newest in latest:
+            row = self._execute(
+                f"SELECT {RECORD_COLUMNS} FROM delivery_log WHERE campaign_id = ?"
+                f" AND type IN ({PROBLEM_MARKS}) AND time = ? AND relay = ? LIMIT 1",
+                (campaign_id, *PROBLEM_TYPES, newest, relay),
+            ).fetchone()
+            records[relay] = LogRecord(*row)
+        return records
+
+    def deferred_due_counts(self, campaign_id: int, bounds: Sequence[float]) -> list[int]:
+        """Count deferred messages due by each bound (ascending) and after the last one."""
+        cumulative = " ".join("sum(CASE WHEN due_at <= ? THEN 1 ELSE 0 END)," for _ in bounds)
+        row = self._execute(
+            f"SELECT {cumulative} count(*) FROM messages WHERE campaign_id = ?"
+            " AND state = 'deferred'",
+            (*bounds, campaign_id),
+        ).fetchone()
+        totals = [value or 0 for value in row]
+        return [totals[0], *(b - a for a, b in itertools.pairwise(totals))]
+
+    def next_deferred(self, campaign_id: int, limit: int) -> list[DeferredMessage]:
+        rows = self._execute(
+            "SELECT id, line, address, attempts, due_at, relay, last_code, last_status, last_reply"
+            " FROM messages WHERE campaign_id = ? AND state = 'deferred' ORDER BY due_at LIMIT ?",
+            (campaign_id, limit),
+        ).fetchall()
+        return [DeferredMessage(*row) for row in rows]
+
+    # Bounce processing
+
+    def find_message(self, message: int) -> MessageRef | None:
+        row = self._execute(
+            f"SELECT {MESSAGE_REF_COLUMNS} FROM messages WHERE id = ?", (message,)
+        ).fetchone()
+        return MessageRef(*row) if row else None
+
+    def find_messages_by_key(self, key: str) -> list[MessageRef]:
+        """Return the messages to one address key in every campaign, the newest first."""
+        # The campaign_id IN (...) term lets the (campaign_id, key) unique index serve the
+        # lookup, so no index on key alone is needed.
+        rows = self._execute(
+            f"SELECT {MESSAGE_REF_COLUMNS} FROM messages"
+            " WHERE campaign_id IN (SELECT id FROM campaigns) AND key = ? ORDER BY id DESC",
+            (key,),
+        ).fetchall()
+        return [MessageRef(*row) for row in rows]
+
+    def count_soft_bounces(self, key: str) -> int:
+        row = self._execute(
+            "SELECT count(*) FROM bounces WHERE key = ? AND class = 'soft'", (key,)
+        ).fetchone()
+        return int(row[0])
+
+    def bounce_recorded(self, bounce_id: str) -> bool:
+        row = self._execute("SELECT 1 FROM bounces WHERE id = ?", (bounce_id,)).fetchone()
+        return row is not None
+
+    def record_bounce(self, event: BounceEvent) -> bool:
+        """Record one bounce event; return False when it was recorded before."""
+
+        def run() -> bool:
+            inserted = self._execute(
+                "INSERT INTO bounces (id, key, class, campaign_id, message, time)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (
+                    event.id,
+                    event.key,
+                    event.bounce_class,
+                    event.campaign_id,
+                    event.record.message,
+                    event.record.time,
+                ),
+            ).rowcount
+            if inserted == 0:
+                return False
+            self._execute(LOG_INSERT, log_values(event.campaign_id, event.record))
+            if event.mark_bounced and event.record.message is not None:
+                self._execute(
+                    "UPDATE messages SET state = 'bounced', updated_at = ?"
+                    " WHERE id = ? AND state = 'sent'",
+                    (event.record.time, event.record.message),
+                )
+            return True
+
+        recorded: bool = self._write("recording a bounce", run)
+        return recorded
 
     # Runs
 

@@ -7,6 +7,7 @@ The queries are shared with PostgreSQL in :mod:`mailblast.store.sql`.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -17,6 +18,7 @@ from mailblast.store import migrations
 from mailblast.store.sql import SQLStore
 
 BUSY_TIMEOUT_MS = 30_000
+ADD_COLUMN = re.compile(r"^ALTER TABLE (\w+) ADD COLUMN (\w+)[^;]*;", re.MULTILINE)
 
 
 class SQLiteStore(SQLStore):
@@ -71,6 +73,7 @@ class SQLiteStore(SQLStore):
         """Apply the migrations after the current version, each in its own transaction."""
         applied = []
         for version, script in migrations.pending(self, "sqlite", target):
+            script = ADD_COLUMN.sub(self._unless_present, script)
             try:
                 self.db.executescript(
                     f"BEGIN;\n{script}\n;DELETE FROM schema_version;"
@@ -83,6 +86,16 @@ class SQLiteStore(SQLStore):
                 ) from error
             applied.append(version)
         return applied
+
+    def _unless_present(self, statement: re.Match[str]) -> str:
+        """Drop an ADD COLUMN statement whose column the table already has.
+
+        SQLite has no ADD COLUMN IF NOT EXISTS, and stores written by builds that added
+        columns when opened (before versioned migrations) already have some at version 1.
+        """
+        table, column = statement.group(1), statement.group(2)
+        present = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+        return "" if column in present else statement.group(0)
 
     def catalog(self) -> dict[str, Any]:
         """Describe tables, columns and indexes, to compare a migrated store with a fresh one."""

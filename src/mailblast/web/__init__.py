@@ -1,0 +1,1 @@
+"""The HTTP side of mailblast (`mailblast serve`): unsubscribe, dashboard and metrics."""

@@ -1,0 +1,81 @@
+"""An address suppressed from another process while a blast is running is not mailed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import person_rows, relay_block, write_campaign, write_list
+from mailblast.sink import ThreadedSink
+from mailblast.store.sqlite import SQLiteStore
+
+CLI = [sys.executable, "-m", "mailblast.cli.main"]
+
+
+def wait_for(condition: Callable[[], bool], description: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {description}"
+        time.sleep(0.02)
+
+
+def test_suppressed_mid_blast_not_sent(
+    tmp_path: Path, start_sink: Callable[..., ThreadedSink]
+) -> None:
+    # One connection, and the first message takes 3 s at the end of DATA: the blast is
+    # running while the test suppresses two addresses. With batch_size 2 the engine has at
+    # most 4 claimed messages: the early target is claimed already (the engine's once-a-second
+    # check must catch it), the late one is not (the claim must flag it).
+    sink = start_sink(keep_messages=True)
+    rows = person_rows(10)
+    rows[0][0] = "slow3-first@example.com"
+    early, late = rows[2][0], rows[8][0]
+    write_list(tmp_path / "attendees.csv", rows)
+    relay = relay_block("only", sink.port, max_connections=1)
+    campaign = write_campaign(tmp_path, [relay], sending="batch_size = 2\n")
+    store = str(tmp_path / "mailblast.db")
+
+    sender = subprocess.Popen([*CLI, "send", str(campaign)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: sink.stats.connections > 0, "the blast to connect")
+        subprocess.run(
+            [*CLI, "suppress", "add", early.upper(), late, "--store", store],
+            check=True,
+            capture_output=True,
+        )
+        assert sink.stats.messages == 0, "the slow first message ended before the suppression"
+        _, err = sender.communicate(timeout=60)
+    finally:
+        sender.kill()
+    assert sender.returncode == 0, err
+
+    received = Counter(r for message in sink.stats.received for r in message.recipients)
+    expected = {row[0] for row in rows} - {early, late}
+    assert set(received) == expected
+    assert max(received.values()) == 1
+
+    status = subprocess.run(
+        [*CLI, "status", "spring-gala", "--store", store, "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    summary = json.loads(status.stdout)
+    assert summary["counts"]["suppressed"] == 2
+    assert summary["counts"]["sent"] == 8
+    assert summary["status"] == "done"
+
+    opened = SQLiteStore(store)
+    campaign_id = opened.get_campaign("spring-gala").id  # type: ignore[union-attr]
+    log = [(r["recipient"], r["type"]) for r in opened.iter_log(campaign_id)]
+    opened.close()
+    assert (early, "suppressed") in log
+    assert (late, "suppressed") in log
+    assert not [
+        kind for recipient, kind in log if recipient in (early, late) and kind != "suppressed"
+    ]
