@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,8 @@ from mailblast.bounces import BounceProcessor, BounceSettings
 from mailblast.cli.main import main
 from mailblast.mailboxes import StoredMessage
 from mailblast.recipients import normalise_address
+from mailblast.store import SQLStore
 from mailblast.store.base import LoadRow, LogRecord, Outcome
-from mailblast.store.sqlite import SQLiteStore
 from mailblast.unsubscribe import make_token
 
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -118,9 +117,8 @@ def test_corpus_not_bounces_not_hard() -> None:
         assert all(f.bounce_class is not BounceClass.HARD for f in report.failures), path.name
 
 
-def make_store(path: Path, addresses: list[str], envelope_sender: str) -> tuple[SQLiteStore, int]:
-    """Return a store with one campaign whose messages to ``addresses`` are all sent."""
-    store = SQLiteStore(path)
+def fill_store(store: SQLStore, addresses: list[str], envelope_sender: str) -> None:
+    """Add one campaign whose messages to ``addresses`` are all sent."""
     campaign = store.upsert_campaign("spring", {"envelope_sender": envelope_sender}, NOW)
     rows = []
     for line, address in enumerate(dict.fromkeys(addresses), start=2):
@@ -133,25 +131,23 @@ def make_store(path: Path, addresses: list[str], envelope_sender: str) -> tuple[
         for m in claimed
     ]
     store.commit_group(campaign.id, [], outcomes)
-    return store, campaign.id
 
 
-def table(store_path: Path, query: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(store_path) as db:
-        return db.execute(query).fetchall()
+def table(store: SQLStore, query: str) -> list[tuple[object, ...]]:
+    rows: list[tuple[object, ...]] = store._execute(query).fetchall()
+    return rows
 
 
 def corpus_files() -> list[Path]:
     return sorted((CORPUS / "maildir").glob("*.eml"))
 
 
-def test_suppressions_are_hard_and_complaints(tmp_path: Path) -> None:
+def test_suppressions_are_hard_and_complaints(store: SQLStore, tmp_path: Path) -> None:
     files = corpus_files()
     reports = [read_corpus_report(path) for path in files]
     recipients = [f.recipient for report in reports for f in report.failures]
     valid = [address for address in recipients if _key(address)]
-    store_path = tmp_path / "store.db"
-    store, _ = make_store(store_path, valid, "bounces@example.com")
+    fill_store(store, valid, "bounces@example.com")
     settings = BounceSettings(soft_bounce_limit=1000, review_dir=tmp_path / "review")
 
     processor = BounceProcessor(store, settings, clock=lambda: NOW)
@@ -165,19 +161,18 @@ def test_suppressions_are_hard_and_complaints(tmp_path: Path) -> None:
         for f in report.failures
         if f.bounce_class in suppressing and _key(f.recipient)
     }
-    suppressed = {row[0] for row in table(store_path, "SELECT key FROM suppressions")}
+    suppressed = {row[0] for row in table(store, "SELECT key FROM suppressions")}
     assert expected
     assert suppressed == expected
-    reasons = {row[0] for row in table(store_path, "SELECT reason FROM suppressions")}
+    reasons = {row[0] for row in table(store, "SELECT reason FROM suppressions")}
     assert reasons == {"hard-bounce", "complaint"}
     assert processor.summary.counts["hard"] > 50
     assert processor.summary.counts["complaint"] > 0
     assert processor.summary.counts["auto-reply"] > 0
 
 
-def test_reprocessing_changes_nothing(tmp_path: Path) -> None:
-    store_path = tmp_path / "store.db"
-    store, _ = make_store(store_path, ["gone@example.com", "full@example.com"], "b@example.com")
+def test_reprocessing_changes_nothing(store: SQLStore) -> None:
+    fill_store(store, ["gone@example.com", "full@example.com"], "b@example.com")
     messages = [
         dsn("b@example.com", "gone@example.com", "5.1.1", "550 5.1.1 User unknown"),
         dsn("b@example.com", "full@example.com", "5.2.2", "552 5.2.2 Mailbox full"),
@@ -189,33 +184,31 @@ def test_reprocessing_changes_nothing(tmp_path: Path) -> None:
     )
 
     run(store, messages, clock=NOW)
-    before = [table(store_path, query) for query in queries]
+    before = [table(store, query) for query in queries]
     processor = run(store, messages, clock=NOW + 3600)
 
-    assert [table(store_path, query) for query in queries] == before
+    assert [table(store, query) for query in queries] == before
     assert processor.summary.counts["duplicate"] == 2
     assert processor.summary.suppressed == 0
 
 
-def test_soft_bounce_limit(tmp_path: Path) -> None:
-    store_path = tmp_path / "store.db"
-    store, _ = make_store(store_path, ["full@example.com"], "b@example.com")
+def test_soft_bounce_limit(store: SQLStore) -> None:
+    fill_store(store, ["full@example.com"], "b@example.com")
     diagnostics = [f"552 5.2.2 Mailbox full (attempt {n})" for n in range(3)]
     bounces = [dsn("b@example.com", "full@example.com", "5.2.2", text) for text in diagnostics]
 
     run(store, bounces[:2], soft_bounce_limit=3)
-    assert table(store_path, "SELECT count(*) FROM suppressions") == [(0,)]
-    assert table(store_path, "SELECT state FROM messages") == [("bounced",)]
+    assert table(store, "SELECT count(*) FROM suppressions") == [(0,)]
+    assert table(store, "SELECT state FROM messages") == [("bounced",)]
     run(store, bounces[2:], soft_bounce_limit=3)
 
-    assert table(store_path, "SELECT reason FROM suppressions") == [("soft-bounce",)]
-    log = table(store_path, "SELECT type, status FROM delivery_log WHERE type = 'bounced'")
+    assert table(store, "SELECT reason FROM suppressions") == [("soft-bounce",)]
+    log = table(store, "SELECT type, status FROM delivery_log WHERE type = 'bounced'")
     assert log == [("bounced", "5.2.2")] * 3
 
 
-def test_sender_block_not_suppressed(tmp_path: Path) -> None:
-    store_path = tmp_path / "store.db"
-    store, _ = make_store(store_path, ["a@example.com", "b@example.com"], "s@example.com")
+def test_sender_block_not_suppressed(store: SQLStore) -> None:
+    fill_store(store, ["a@example.com", "b@example.com"], "s@example.com")
     messages = [
         dsn("s@example.com", "a@example.com", "5.1.8", "553 5.1.8 Sender address rejected"),
         dsn("s@example.com", "b@example.com", "5.7.1", "554 5.7.1 Blocked by Spamhaus"),
@@ -223,13 +216,13 @@ def test_sender_block_not_suppressed(tmp_path: Path) -> None:
 
     processor = run(store, messages)
 
-    assert table(store_path, "SELECT count(*) FROM suppressions") == [(0,)]
+    assert table(store, "SELECT count(*) FROM suppressions") == [(0,)]
     assert processor.summary.counts["block"] == 2
     assert len(processor.summary.blocks) == 2
 
 
-def test_unmatched_goes_to_review(tmp_path: Path) -> None:
-    store, _ = make_store(tmp_path / "store.db", ["a@example.com"], "s@example.com")
+def test_unmatched_goes_to_review(store: SQLStore, tmp_path: Path) -> None:
+    fill_store(store, ["a@example.com"], "s@example.com")
     review = tmp_path / "review"
     source = tmp_path / "stranger.eml"
     source.write_bytes(dsn("s@example.com", "stranger@example.org", "5.1.1", "User unknown"))
@@ -247,35 +240,33 @@ def test_unmatched_goes_to_review(tmp_path: Path) -> None:
     assert "stranger@example.org" in notes
 
 
-def test_unsubscribe_by_mail(tmp_path: Path) -> None:
-    store_path = tmp_path / "store.db"
-    store, _ = make_store(store_path, ["reader@example.com"], "s@example.com")
+def test_unsubscribe_by_mail(store: SQLStore, tmp_path: Path) -> None:
+    fill_store(store, ["reader@example.com"], "s@example.com")
     token = make_token(SECRET, "spring", "reader@example.com")
     valid = plain_mail("unsubscribe@example.com", f"unsubscribe {token}", "reader@example.com")
     tampered = plain_mail("unsubscribe@example.com", f"unsubscribe {token[:-2]}xx")
 
     processor = run(store, [valid, tampered], review_dir=tmp_path / "review")
 
-    rows = table(store_path, "SELECT address, reason, campaign_id FROM suppressions")
+    rows = table(store, "SELECT address, reason, campaign_id FROM suppressions")
     assert rows == [("reader@example.com", "unsubscribed", 0)]
     assert processor.summary.counts["unsubscribe"] == 1
     assert processor.summary.review == 1
-    log = table(store_path, "SELECT type, recipient FROM delivery_log WHERE type = 'unsubscribed'")
+    log = table(store, "SELECT type, recipient FROM delivery_log WHERE type = 'unsubscribed'")
     assert log == [("unsubscribed", "reader@example.com")]
 
 
-def test_redacted_complaint_matched_by_verp(tmp_path: Path) -> None:
-    store_path = tmp_path / "store.db"
-    store, _ = make_store(store_path, ["reader@example.com"], "fbl+{token}@example.com")
-    message_id = table(store_path, "SELECT id FROM messages")[0][0]
+def test_redacted_complaint_matched_by_verp(store: SQLStore) -> None:
+    fill_store(store, ["reader@example.com"], "fbl+{token}@example.com")
+    message_id = table(store, "SELECT id FROM messages")[0][0]
     report = arf(f"fbl+{message_id}@example.com", "redacted@example.net")
 
     run(store, [report])
 
-    assert table(store_path, "SELECT address, reason FROM suppressions") == [
+    assert table(store, "SELECT address, reason FROM suppressions") == [
         ("reader@example.com", "complaint")
     ]
-    assert table(store_path, "SELECT state FROM messages") == [("sent",)]
+    assert table(store, "SELECT state FROM messages") == [("sent",)]
 
 
 def test_auto_reply_ignored() -> None:
@@ -304,7 +295,7 @@ def test_cli_rejects_zero_soft_limit(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def run(
-    store: SQLiteStore,
+    store: SQLStore,
     messages: list[bytes],
     *,
     clock: float = NOW,

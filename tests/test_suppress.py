@@ -11,6 +11,7 @@ import pytest
 
 from mailblast import suppressions
 from mailblast.cli.main import main
+from mailblast.store import SQLStore, migrations
 from mailblast.store.base import LoadRow, LogRecord
 from mailblast.store.sqlite import SQLiteStore
 from mailblast.suppressions import iter_suppressions, make_entry
@@ -53,19 +54,16 @@ def load_rows(*keys: str) -> list[LoadRow]:
 # Store
 
 
-def test_add_keeps_first_entry(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "s.db")
+def test_add_keeps_first_entry(store: SQLStore) -> None:
     first = store.add_suppression("a@example.com", "a@example.com", "manual", 0, 10.0)
     again = store.add_suppression("a@example.com", "A@example.com", "complaint", 0, 20.0)
     [entry] = store.list_suppressions()
-    store.close()
     assert first is True
     assert again is False
     assert (entry.reason, entry.time, entry.address) == ("manual", 10.0, "a@example.com")
 
 
-def test_scopes_are_separate(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "s.db")
+def test_scopes_are_separate(store: SQLStore) -> None:
     spring = store.upsert_campaign("spring", {}, 1.0).id
     autumn = store.upsert_campaign("autumn", {}, 1.0).id
     store.add_suppression("a@example.com", "a@example.com", "manual", spring, 1.0)
@@ -76,22 +74,18 @@ def test_scopes_are_separate(tmp_path: Path) -> None:
     assert store.count_suppressions() == 2
     assert store.count_suppressions(spring) == 1
     assert store.count_suppressions(reason="complaint") == 1
-    store.close()
 
 
-def test_iteration_crosses_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_iteration_crosses_pages(store: SQLStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(suppressions, "PAGE_SIZE", 3)
-    store = SQLiteStore(tmp_path / "s.db")
     entries = [make_entry(f"user{i:02}@example.com", "manual") for i in range(10)]
     assert store.add_suppressions(entries) == 10
     assert store.add_suppressions(entries[:4]) == 0
     keys = [entry.key for entry in iter_suppressions(store)]
-    store.close()
     assert keys == sorted(entry.key for entry in entries)
 
 
-def test_claim_flags_suppressed(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "s.db")
+def test_claim_flags_suppressed(store: SQLStore) -> None:
     campaign = store.upsert_campaign("spring", {}, 1.0).id
     store.load_chunk(campaign, load_rows("a@example.com", "b@example.com"), [], 3, 2)
     store.add_suppression("b@example.com", "b@example.com", "manual", campaign, 2.0)
@@ -103,11 +97,9 @@ def test_claim_flags_suppressed(tmp_path: Path) -> None:
     store.add_suppression("a@example.com", "a@example.com", "manual", 0, 3.0)
     assert store.suppressed_claims(campaign, "run-a") == [m.id for m in claimed]
     assert store.suppressed_claims(campaign, "run-b") == []
-    store.close()
 
 
-def test_record_written_once(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "s.db")
+def test_record_written_once(store: SQLStore) -> None:
     campaign = store.upsert_campaign("spring", {}, 1.0).id
     store.load_chunk(campaign, load_rows("a@example.com"), [], 2, 1)
     for _ in range(2):
@@ -116,19 +108,24 @@ def test_record_written_once(tmp_path: Path) -> None:
             "a@example.com", "a@example.com", "unsubscribed", 0, 5.0, "spring", record
         )
     log = [r for r in store.iter_log(campaign) if r["type"] == "unsubscribed"]
-    store.close()
     assert len(log) == 1
     assert log[0]["line"] == 2
 
 
-def test_old_store_gains_origin(tmp_path: Path) -> None:
+def test_remove_by_keys_and_by_reason(store: SQLStore) -> None:
+    entries = [make_entry(f"user{i}@example.com", "manual") for i in range(4)]
+    store.add_suppressions([*entries, make_entry("c@example.com", "complaint")])
+    assert store.remove_suppressions(0, [entries[0].key, entries[1].key, "none@example.com"]) == 2
+    assert store.remove_suppressions(0, [entries[2].key], reason="complaint") == 0
+    assert store.remove_suppressions(0, reason="manual") == 2
+    assert [entry.key for entry in store.list_suppressions()] == ["c@example.com"]
+
+
+def test_store_of_first_release_gains_origin(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:
-        db.execute(
-            "CREATE TABLE suppressions (key TEXT NOT NULL, campaign_id INTEGER NOT NULL DEFAULT 0,"
-            " address TEXT NOT NULL, reason TEXT NOT NULL, time REAL NOT NULL,"
-            " PRIMARY KEY (key, campaign_id))"
-        )
+        db.executescript(migrations.scripts("sqlite")[0][1])
+        db.execute("INSERT INTO schema_version VALUES (1)")
         db.execute(
             "INSERT INTO suppressions VALUES ('a@example.com', 0, 'a@example.com', 'manual', 1)"
         )
@@ -137,6 +134,26 @@ def test_old_store_gains_origin(tmp_path: Path) -> None:
     [entry] = store.list_suppressions()
     store.close()
     assert (entry.key, entry.origin) == ("a@example.com", None)
+
+
+def test_store_with_origin_added_in_place_upgrades(tmp_path: Path) -> None:
+    # Builds before versioned migrations added the column on open and kept version 1.
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(migrations.scripts("sqlite")[0][1])
+        db.execute("INSERT INTO schema_version VALUES (1)")
+        db.execute("ALTER TABLE suppressions ADD COLUMN origin TEXT")
+        db.execute(
+            "INSERT INTO suppressions VALUES"
+            " ('a@example.com', 0, 'a@example.com', 'unsubscribed', 1, 'spring')"
+        )
+    db.close()
+    store = SQLiteStore(path)
+    [entry] = store.list_suppressions()
+    assert store.schema_version() == migrations.latest("sqlite")
+    assert "bounces" in store.catalog()
+    store.close()
+    assert entry.origin == "spring"
 
 
 # Commands

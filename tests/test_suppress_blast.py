@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import person_rows, relay_block, write_campaign, write_list
 from mailblast.sink import ThreadedSink
-from mailblast.store.sqlite import SQLiteStore
+from mailblast.store import open_store
 
 CLI = [sys.executable, "-m", "mailblast.cli.main"]
 
@@ -25,7 +25,7 @@ def wait_for(condition: Callable[[], bool], description: str, timeout: float = 1
 
 
 def test_suppressed_mid_blast_not_sent(
-    tmp_path: Path, start_sink: Callable[..., ThreadedSink]
+    tmp_path: Path, store_location: str, start_sink: Callable[..., ThreadedSink]
 ) -> None:
     # One connection, and the first message takes 3 s at the end of DATA: the blast is
     # running while the test suppresses two addresses. With batch_size 2 the engine has at
@@ -38,7 +38,9 @@ def test_suppressed_mid_blast_not_sent(
     write_list(tmp_path / "attendees.csv", rows)
     relay = relay_block("only", sink.port, max_connections=1)
     campaign = write_campaign(tmp_path, [relay], sending="batch_size = 2\n")
-    store = str(tmp_path / "mailblast.db")
+    text = campaign.read_text(encoding="utf-8")
+    campaign.write_text(text.replace('"mailblast.db"', f'"{store_location}"'), encoding="utf-8")
+    store = store_location
 
     sender = subprocess.Popen([*CLI, "send", str(campaign)], stderr=subprocess.PIPE, text=True)
     try:
@@ -70,7 +72,7 @@ def test_suppressed_mid_blast_not_sent(
     assert summary["counts"]["sent"] == 8
     assert summary["status"] == "done"
 
-    opened = SQLiteStore(store)
+    opened = open_store(store)
     campaign_id = opened.get_campaign("spring-gala").id  # type: ignore[union-attr]
     log = [(r["recipient"], r["type"]) for r in opened.iter_log(campaign_id)]
     opened.close()

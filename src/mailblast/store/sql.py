@@ -604,7 +604,7 @@ class SQLStore:
         rows = self._execute(
             "SELECT m.id FROM messages m WHERE m.campaign_id = ? AND m.state = 'sending'"
             " AND m.lease_owner = ? AND EXISTS (SELECT 1 FROM suppressions s"
-            " WHERE s.key = m.key AND s.campaign_id IN (0, ?))",
+            " WHERE s.key = m.key AND s.campaign_id IN (0, ?)) ORDER BY m.id",
             (campaign_id, owner, campaign_id),
         ).fetchall()
         return [row[0] for row in rows]
