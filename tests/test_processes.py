@@ -15,6 +15,7 @@ from conftest import person_rows, relay_block, write_campaign, write_list
 from mailblast.config import RelaySettings
 from mailblast.processes import relay_shares
 from mailblast.sink import ThreadedSink
+from mailblast.store import open_store
 
 
 def send(campaign_file: Path, *options: str) -> subprocess.CompletedProcess[str]:
@@ -42,6 +43,32 @@ def test_two_processes_send_each_once(
     with sqlite3.connect(tmp_path / "mailblast.db") as store:
         states = dict(store.execute("SELECT state, count(*) FROM messages GROUP BY state"))
     assert states == {"sent": 600}
+
+
+def test_processes_on_postgres_share_whole_limits(
+    tmp_path: Path, postgres_url: str, start_sink: Callable[..., ThreadedSink]
+) -> None:
+    # The store holds each relay's limits for every run, so each process gets the relay whole
+    # and the slots table keeps max_connections rows instead of one process's share.
+    sink = start_sink(keep_messages=True)
+    write_list(tmp_path / "attendees.csv", person_rows(300))
+    campaign_file = write_campaign(tmp_path, [relay_block("only", sink.port, max_connections=3)])
+    text = campaign_file.read_text(encoding="utf-8")
+    campaign_file.write_text(text.replace('"mailblast.db"', f'"{postgres_url}"'), encoding="utf-8")
+
+    result = send(campaign_file, "--processes", "2")
+
+    assert result.returncode == 0, result.stderr
+    received = Counter(r for m in sink.stats.received for r in m.recipients)
+    assert len(received) == 300
+    assert max(received.values()) == 1
+    assert sink.stats.max_concurrent_connections <= 3
+    with open_store(postgres_url) as store:
+        slots = store._execute("SELECT count(*) FROM relay_slots").fetchone()[0]
+        row = store.get_campaign("spring-gala")
+        assert row is not None
+        assert store.counts(row.id) == {"sent": 300}
+    assert slots == 3
 
 
 def test_processes_out_of_range(tmp_path: Path, start_sink: Callable[..., ThreadedSink]) -> None:

@@ -122,6 +122,26 @@ def test_worker_unknown_campaign(postgres_url: str, capsys: pytest.CaptureFixtur
     assert "campaign 'winter' not found" in capsys.readouterr().err
 
 
+def test_worker_refused_beside_sqlite_sender(
+    tmp_path: Path, start_sink: Callable[..., ThreadedSink], capsys: pytest.CaptureFixture[str]
+) -> None:
+    sink = start_sink()
+    store_path = str(tmp_path / "store.db")
+    load_campaign_into(tmp_path, store_path, [relay_block("sink", sink.port)], 5, "")
+    with open_store(store_path) as store:
+        row = store.get_campaign("spring-gala")
+        assert row is not None
+        store.register_run("other-run", row.id, "sender.example.com", 4242, time.time())
+
+    assert main(["worker", "--store", store_path]) == 2
+
+    error = capsys.readouterr().err
+    assert "is being sent" in error
+    assert "pid 4242 on sender.example.com" in error
+    assert "--processes N" in error
+    assert sink.stats.messages == 0
+
+
 def test_status_line_of_worker() -> None:
     run = {"id": "h:1:ab", "host": "h", "pid": 1, "started_at": 100.0, "heartbeat_at": 110.0}
     line = describe_run({**run, "sent": 5000}, now=112.0)

@@ -45,6 +45,25 @@ def choose_campaign(store: SQLStore, name: str | None) -> CampaignRow:
     )
 
 
+def reject_second_sender(store: SQLStore, row: CampaignRow, lease: float) -> None:
+    """Raise when another run is sending the campaign from a SQLite store, which has one machine.
+
+    Each process there keeps the relays' connections and rate in memory, so a second sender
+    would double what every relay sees. ``send --processes N`` splits the limits instead.
+    """
+    if store.shared:
+        return
+    now = time.time()
+    for run in store.runs(row.id):
+        if run["heartbeat_at"] >= now - lease:
+            raise MailblastError(
+                f"campaign {row.name} is being sent from {store.path} by pid {run['pid']} on"
+                f" {run['host']}; with a SQLite store each sending process keeps its own relay"
+                " limits, so a second sender would exceed them. Use 'mailblast send --processes N'"
+                " on one machine, or a PostgreSQL store for workers on several"
+            )
+
+
 def wait_for_load(store: SQLStore, row: CampaignRow) -> CampaignRow:
     """Return the campaign's row once its list is fully queued."""
     if row.loaded_at is None:
@@ -69,6 +88,7 @@ def work(
         if row.status == "cancelled":
             raise MailblastError(f"campaign {row.name} was cancelled; nothing more is sent")
         campaign = Campaign.from_dict(row.settings)
+        reject_second_sender(store, row, campaign.sending.lease)
         for relay in campaign.relays:
             relay.password()  # an unset variable or unreadable file stops here
         # The list's columns were checked by 'send' when it loaded the list. The unsubscribe
