@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from rich.logging import RichHandler
 
 from mailblast import __version__
-from mailblast.cli import demo, log, send, serve, sink, status
+from mailblast.cli import demo, log, report, send, serve, sink, status
 from mailblast.cli.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED
 from mailblast.cli.progress import STDERR
 from mailblast.errors import ConfigError, MailblastError, TemplateError
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log debug detail and show tracebacks"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (send, status, log, sink, demo, serve):
+    for module in (send, status, log, sink, demo, serve, report):
         module.register(commands)
     return parser
 
