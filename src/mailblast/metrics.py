@@ -7,7 +7,7 @@ delivery record as it is written, from its own registry (never the process-wide 
 
 Counters count delivery records with a command (attempts): ``mailblast_messages_total`` by the
 state the attempt led to, ``mailblast_attempts_total`` by reply class. A message ends in exactly
-one sent, bounced, failed or expired record, so those series equal ``mailblast status``; a
+one sent, bounced, failed or expired record, so those series equal ``mailblast status``. A
 message deferred three times adds three to ``state="deferred"``.
 """
 
@@ -28,6 +28,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from mailblast.errors import MailblastError
 from mailblast.report import reply_class
@@ -75,6 +76,7 @@ class SendMetrics:
         self.campaign = campaign
         self.registry = CollectorRegistry()
         registry = self.registry
+
         self.messages = Counter(
             "mailblast_messages",
             HELP["messages"],
@@ -90,6 +92,7 @@ class SendMetrics:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+
         self.in_flight = Gauge(
             "mailblast_in_flight", HELP["in_flight"], ["campaign"], registry=registry
         )
@@ -103,6 +106,7 @@ class SendMetrics:
             registry=registry,
         )
         self.relay_up = Gauge("mailblast_relay_up", HELP["relay_up"], ["relay"], registry=registry)
+
         self._poller: asyncio.Task[None] | None = None
         self._server: Any = None
 
@@ -166,8 +170,8 @@ class StoreCollector(Collector):
     """Compute the metric families of every campaign in a store at each collection.
 
     ``collect`` queries the store, so call it where the store may be used (``mailblast serve``
-    runs it in the store's worker thread). ``mailblast_relay_up`` is not in it: only a sending
-    run knows whether it can use a relay.
+    runs it in the store's worker thread). ``mailblast_relay_up`` is not in it, because relay
+    health is kept in the memory of a sending run, not in the store.
     """
 
     def __init__(self, store: Store) -> None:
@@ -246,5 +250,5 @@ def _histogram_family(cumulative: list[int], total: float, count: int) -> Metric
 
 
 def _bound(value: float) -> str:
-    """Write a bucket bound as prometheus-client writes it (``0.5``, ``1.0``)."""
-    return repr(float(value))
+    """Write a bucket bound as prometheus-client's own histograms do (``0.5``, ``1.0``)."""
+    return floatToGoString(value)

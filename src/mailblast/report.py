@@ -32,7 +32,7 @@ def reply_class(group: ReplyGroup) -> str:
     """Return the scope (see mailblast.relay.classify) of the replies in a group of records.
 
     The delivery log keeps the command, code, status and text of each reply, so the scope is
-    classified again from them; a record without a code is a connection failure, a lost reply
+    classified again from them. A record without a code is a connection failure, a reply lost
     after the end of DATA (unknown) or a message that could not be composed (failed).
     """
     if group.code is None:

@@ -19,7 +19,7 @@ import matplotlib
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
-# Never pick an interactive backend, even if the environment asks for one.
+# Never pick an interactive backend, even if MPLBACKEND requests one.
 matplotlib.use("Agg")
 
 CHART_SIZE = (9.0, 3.2)  # inches
