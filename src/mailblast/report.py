@@ -149,8 +149,10 @@ def _timing(
     duration = None
     if span.first is not None and span.last is not None:
         duration = span.last - span.first
+    mean = span.sent / duration if duration else None
+    # A span shorter than one bucket would show a peak below the mean; its peak is the mean.
     totals = throughput["total"]
-    peak = max(totals, default=0.0)
+    peak = max(totals, default=0.0) if len(totals) > 1 or mean is None else mean
     return {
         "started_at": started_at,
         "finished_at": finished_at,
@@ -159,7 +161,7 @@ def _timing(
         "duration": duration,
         "attempts": span.attempts,
         "sent": span.sent,
-        "mean_rate": span.sent / duration if duration else None,
+        "mean_rate": mean,
         "peak_rate": peak,
         "peak_window_seconds": bucket,
     }
