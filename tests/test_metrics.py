@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -230,3 +231,24 @@ def test_engine_without_metrics_has_no_observer(
 
     assert observers == [None]
     assert summary.counts["sent"] == 5
+
+
+def test_send_metrics_option_errors(tmp_path: Path) -> None:
+    write_list(tmp_path / "attendees.csv", person_rows(3))
+    campaign = write_campaign(tmp_path, [relay_block("only", free_port())])
+    command = [sys.executable, "-m", "mailblast.cli.main", "send", str(campaign), "--metrics"]
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        results = [
+            subprocess.run([*command, value], capture_output=True, text=True, timeout=60)
+            for value in ("9101", f"127.0.0.1:{busy}")
+        ]
+
+    assert results[0].returncode == 2
+    assert "--metrics '9101' is not HOST:PORT" in results[0].stderr
+    assert results[1].returncode == 2
+    assert f"cannot serve metrics on 127.0.0.1:{busy}: Address already in use" in results[1].stderr
+    assert not (tmp_path / "mailblast.db").exists()

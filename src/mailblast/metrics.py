@@ -30,7 +30,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from mailblast.errors import MailblastError
+from mailblast.errors import MailblastError, StoreError
 from mailblast.report import reply_class
 from mailblast.store.base import MESSAGE_STATES, ReplyGroup, Store
 
@@ -132,7 +132,14 @@ class SendMetrics:
     async def _poll_counts(self, engine: Engine) -> None:
         """Refresh the per-state gauges from the store until the engine stops."""
         while not engine.stopping.is_set():
-            counts = await engine._db(engine.store.counts, engine.row.id)
+            try:
+                counts = await engine._db(engine.store.counts, engine.row.id)
+            except StoreError as error:
+                # The engine stops on store failures of its own; the gauges keep their values.
+                logger.warning(
+                    "campaign %s: cannot read counts for metrics: %s", self.campaign, error
+                )
+                return
             self.set_counts(counts)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(engine.stopping.wait(), QUEUE_POLL_SECONDS)
