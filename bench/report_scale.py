@@ -1,8 +1,9 @@
 """Measure `mailblast report` on large delivery logs: time and peak memory against the log's size.
 
-For each size the script fills a fresh SQLite store through the store's own methods: N messages
-over 50 domains, each with one final record (sent, bounced or failed) and one in ten with a
-deferral before it, over four relays and ten minutes. It then runs, each as a child process:
+For each size the script fills a fresh SQLite store through the store's own methods with N
+messages over 50 domains and four relays, spread over ten minutes. Each message has one final
+record (sent, bounced or failed), and one in ten has a deferral before it. The script then runs
+these commands, each as a child process:
 
 - ``mailblast report NAME --html ... --json ...``, the command measured;
 - ``mailblast log export NAME --format jsonl``, a reference that reads every record once;
