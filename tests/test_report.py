@@ -21,6 +21,7 @@ import pytest
 from conftest import person_rows, relay_block, write_campaign, write_list
 from mailblast import blast
 from mailblast.config import load_campaign
+from mailblast.engine import Engine
 from mailblast.report import MASK, build_report, choose_bucket, mask_secrets
 from mailblast.report_html import render_html
 from mailblast.sink import ThreadedSink
@@ -355,6 +356,17 @@ def wait_for_listener(port: int) -> None:
     raise AssertionError(f"no sink listening on port {port} after 20 s")
 
 
+def stop_after_sends(
+    process: subprocess.Popen[bytes], relay_name: str, count: int, engine: Engine
+) -> None:
+    """Stop a relay's sink process once the engine has sent ``count`` messages through it."""
+    [relay] = [r for r in engine.pool.relays if r.name == relay_name]
+    deadline = time.monotonic() + 60
+    while relay.sent < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.terminate()
+
+
 @pytest.mark.slow
 def test_report_of_blast_with_outage(tmp_path: Path) -> None:
     # The sinks run in their own processes so that they do not share this process's GIL.
@@ -366,10 +378,17 @@ def test_report_of_blast_with_outage(tmp_path: Path) -> None:
             for name, (_, port) in sinks.items()
         ]
         campaign = load_campaign(write_campaign(tmp_path, relays, sending=SENDING))
-        outage = threading.Timer(1.5, sinks[OUTAGE][0].terminate)
+        watchers: list[threading.Thread] = []
+
+        def start_outage(engine: Engine) -> None:
+            arguments = (sinks[OUTAGE][0], OUTAGE, 300, engine)
+            watchers.append(threading.Thread(target=stop_after_sends, args=arguments))
+            watchers[-1].start()
+
         started = time.monotonic()
-        blast.send(campaign, on_start=lambda engine: outage.start())
-        outage.join()
+        blast.send(campaign, on_start=start_outage)
+        for watcher in watchers:
+            watcher.join()
         elapsed = time.monotonic() - started
     store = str(tmp_path / "mailblast.db")
     html_path, json_path = tmp_path / "report.html", tmp_path / "report.json"
@@ -406,13 +425,20 @@ def test_report_of_blast_with_outage(tmp_path: Path) -> None:
     assert deferred[("rcpt", 452)]["count"] == 100
 
     # The outage: the stopped relay's connection failures are deferrals, its line falls to 0.
-    outage_records = [r for r in attempts if r["relay"] == OUTAGE and r["code"] is None]
+    outage_records = [
+        r
+        for r in attempts
+        if r["relay"] == OUTAGE and r["code"] is None and r["type"] == "deferred"
+    ]
     assert outage_records, "the stopped relay never failed a connection"
     assert figures["reply_classes"]["totals"]["connection"] >= len(outage_records)
     assert figures["relays"][OUTAGE]["deferred"] >= len(outage_records)
     series = figures["throughput"]["relays"][OUTAGE]
-    assert sum(series[:2]) > 0
-    assert series[-1] == 0
+    sent_before_outage = round(sum(series) * figures["bucket_seconds"])
+    assert sent_before_outage == figures["relays"][OUTAGE]["sent"]
+    assert sent_before_outage >= 300
+    last_active = max(index for index, rate in enumerate(series) if rate)
+    assert last_active < len(series) - 3  # the others kept sending for several more buckets
     assert figures["relays"] == status["relays"]
 
     # Reply classes and timing equal the delivery log.
