@@ -23,6 +23,7 @@ from mailblast.cli import (
     log,
     plan,
     relays,
+    report,
     send,
     serve,
     sink,
@@ -44,20 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log debug detail and show tracebacks"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (
-        send,
-        status,
-        log,
-        sink,
-        demo,
-        serve,
-        dns,
-        plan,
-        relays,
-        bounces,
-        suppress,
-        dkim,
-    ):
+    modules = (send, status, log, report, suppress, bounces, dkim, dns, plan, relays, serve)
+    for module in (*modules, sink, demo):
         module.register(commands)
     return parser
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,7 @@ from mailblast.errors import StoreError
 from mailblast.store.base import (
     PROBLEM_TYPES,
     SESSION_COMMANDS,
+    AttemptSpan,
     BounceEvent,
     CampaignRow,
     ClaimedMessage,
@@ -28,8 +30,10 @@ from mailblast.store.base import (
     LogRecord,
     MessageRef,
     Outcome,
+    Reason,
     RecoveryResult,
     RelayActivity,
+    ReplyGroup,
     Suppression,
 )
 
@@ -60,6 +64,13 @@ _SUPPRESSION_INSERT = (
 _ADDED_COLUMNS = (("suppressions", "origin", "TEXT"),)
 
 
+# The report and metrics queries below are plain SQL that PostgreSQL also accepts, except for
+# the domain expression: PostgreSQL spells it substr(address, strpos(address, '@') + 1).
+_ATTEMPTS = "campaign_id = ? AND command IS NOT NULL"
+_BUCKET = "floor((time - ?) / ?)"
+_DOMAIN = "lower(substr(address, instr(address, '@') + 1))"
+
+
 def _log_values(campaign_id: int, record: LogRecord) -> tuple[Any, ...]:
     return (
         record.time,
@@ -82,6 +93,14 @@ def _log_values(campaign_id: int, record: LogRecord) -> tuple[Any, ...]:
 def _load_record(campaign_id: int, row: LoadRow, text: str, kind: str) -> tuple[Any, ...]:
     record = LogRecord(type=kind, time=time.time(), recipient=row.address, text=text, line=row.line)
     return _log_values(campaign_id, record)
+
+
+def _add_floor(db: sqlite3.Connection) -> None:
+    """Define floor() where SQLite was built without its math functions (before 3.35)."""
+    try:
+        db.execute("SELECT floor(0.5)")
+    except sqlite3.OperationalError:
+        db.create_function("floor", 1, math.floor, deterministic=True)
 
 
 def _campaign(row: tuple[Any, ...]) -> CampaignRow:
@@ -116,6 +135,7 @@ class SQLiteStore:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite3.connect(self.path, check_same_thread=False)
             self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            _add_floor(self.db)
             if not read_only:
                 self.db.execute("PRAGMA journal_mode = WAL")
                 self.db.execute("PRAGMA synchronous = NORMAL")
@@ -626,6 +646,84 @@ class SQLiteStore:
             " FROM messages WHERE campaign_id = ? AND state = ? ORDER BY id LIMIT ?",
             (campaign_id, state, limit),
         ).fetchall()
+
+    # Reports and metrics
+
+    def attempt_span(self, campaign_id: int) -> AttemptSpan:
+        row = self.db.execute(
+            "SELECT min(time), max(time), count(*),"
+            " coalesce(sum(CASE WHEN type = 'sent' THEN 1 ELSE 0 END), 0)"
+            f" FROM delivery_log WHERE {_ATTEMPTS}",
+            (campaign_id,),
+        ).fetchone()
+        return AttemptSpan(*row)
+
+    def sent_timeline(
+        self, campaign_id: int, start: float, bucket: float
+    ) -> list[tuple[int, str | None, int]]:
+        """Return (bucket number, relay, sent records) for each bucket of ``bucket`` seconds."""
+        rows = self.db.execute(
+            f"SELECT {_BUCKET} AS b, relay, count(*) FROM delivery_log"
+            f" WHERE {_ATTEMPTS} AND type = 'sent' GROUP BY b, relay ORDER BY b, relay",
+            (start, bucket, campaign_id),
+        ).fetchall()
+        return [(int(b), relay, count) for b, relay, count in rows]
+
+    def reply_timeline(
+        self, campaign_id: int, start: float, bucket: float
+    ) -> list[tuple[int, ReplyGroup]]:
+        """Return the attempt records grouped by reply, per bucket of ``bucket`` seconds."""
+        rows = self.db.execute(
+            f"SELECT {_BUCKET} AS b, type, command, code, status, count(*), min(text)"
+            f" FROM delivery_log WHERE {_ATTEMPTS} GROUP BY b, type, command, code, status"
+            " ORDER BY b",
+            (start, bucket, campaign_id),
+        ).fetchall()
+        return [(int(row[0]), ReplyGroup(*row[1:])) for row in rows]
+
+    def reply_groups(self, campaign_id: int) -> list[tuple[str | None, ReplyGroup]]:
+        """Return the attempt records grouped by relay and reply."""
+        rows = self.db.execute(
+            "SELECT relay, type, command, code, status, count(*), min(text) FROM delivery_log"
+            f" WHERE {_ATTEMPTS} GROUP BY relay, type, command, code, status",
+            (campaign_id,),
+        ).fetchall()
+        return [(row[0], ReplyGroup(*row[1:])) for row in rows]
+
+    def top_reasons(self, campaign_id: int, kind: str, limit: int) -> list[Reason]:
+        """Return the most frequent replies among the attempt records of type ``kind``."""
+        rows = self.db.execute(
+            "SELECT command, code, status, count(*) AS n, min(text), min(relay) FROM delivery_log"
+            f" WHERE {_ATTEMPTS} AND type = ? GROUP BY command, code, status"
+            " ORDER BY n DESC, command, code, status LIMIT ?",
+            (campaign_id, kind, limit),
+        ).fetchall()
+        return [Reason(*row) for row in rows]
+
+    def domain_outcomes(self, campaign_id: int, limit: int) -> list[tuple[str, str, int]]:
+        """Return (domain, state, messages) for the ``limit`` domains with the most messages."""
+        return self.db.execute(
+            f"WITH m AS (SELECT {_DOMAIN} AS domain, state FROM messages WHERE campaign_id = ?),"
+            " top AS (SELECT domain, count(*) AS n FROM m GROUP BY domain"
+            " ORDER BY n DESC, domain LIMIT ?)"
+            " SELECT m.domain, m.state, count(*) FROM m JOIN top ON m.domain = top.domain"
+            " GROUP BY m.domain, m.state, top.n ORDER BY top.n DESC, m.domain, m.state",
+            (campaign_id, limit),
+        ).fetchall()
+
+    def duration_histogram(
+        self, campaign_id: int, bounds: Sequence[float]
+    ) -> tuple[list[int], float, int]:
+        """Return the cumulative count of attempts at or under each bound, the sum and count."""
+        buckets = "".join(
+            " coalesce(sum(CASE WHEN duration <= ? THEN 1 ELSE 0 END), 0)," for _ in bounds
+        )
+        row = self.db.execute(
+            f"SELECT{buckets} coalesce(sum(duration), 0), count(duration) FROM delivery_log"
+            f" WHERE {_ATTEMPTS}",
+            (*bounds, campaign_id),
+        ).fetchone()
+        return list(row[: len(bounds)]), float(row[-2]), row[-1]
 
     # Runs
 
