@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.server
 import json
 import random
 import re
@@ -472,3 +474,46 @@ def test_report_of_blast_with_outage(tmp_path: Path) -> None:
         assert f'<svg id="{chart}"' in page
     assert f'<tr data-relay="{OUTAGE}">' in page
     assert "5.1.1 User unknown" in page
+
+
+@contextlib.contextmanager
+def static_server(directory: Path) -> Iterator[str]:
+    """Serve a folder over HTTP on 127.0.0.1, the only host the test browser may reach."""
+    handler = functools.partial(QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_report_renders_in_browser(small_campaign: Path, tmp_path: Path, browser: Any) -> None:
+    html_path = tmp_path / "report.html"
+    result = run_cli(
+        "report", "spring-gala", "--store", str(small_campaign), "--html", str(html_path)
+    )
+    assert result.returncode == 0, result.stderr
+    status = status_json(str(small_campaign))
+
+    with static_server(tmp_path) as base:
+        browser.page.goto(f"{base}/report.html")
+        for chart in CHART_IDS:
+            box = browser.page.locator(f"svg#{chart}").bounding_box()
+            assert box is not None, chart
+            assert box["width"] > 100, chart
+            assert box["height"] > 50, chart
+            assert browser.page.locator(f"svg#{chart} path").count() > 0, chart
+        for state, count in status["counts"].items():
+            cell = browser.page.locator(f'tr[data-state="{state}"] td.n')
+            assert cell.inner_text() == str(count), state
+        total = browser.page.locator('tr[data-state="total"] td.n').inner_text()
+        assert total == str(status["total"])
+        browser.screenshot("report")

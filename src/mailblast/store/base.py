@@ -239,6 +239,7 @@ class BounceEvent:
     mark_bounced: bool  # turn the message from sent to bounced
 
 
+@dataclass(slots=True)
 class AttemptSpan:
     """When a campaign's attempts began and ended, and how many were sent."""
 
