@@ -55,7 +55,12 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
     """Yield a page in headless Chromium; fail the test if the page reached any other host or
     raised a script error (a Content-Security-Policy violation is one)."""
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: install the Debian packages chromium, chromium-driver")
+        message = f"{CHROMIUM} not found: install the Debian packages chromium, chromium-driver"
+        # CI sets MAILBLAST_REQUIRE_BROWSER after installing Chromium, so there a missing browser
+        # fails; elsewhere the browser tests are skipped with the reason.
+        if os.environ.get("MAILBLAST_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"),

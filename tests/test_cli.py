@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -28,9 +29,17 @@ COMMANDS = [
     "resume",
     "cancel",
     "retry",
+    "log",
+    "report",
+    "suppress",
+    "bounces",
+    "dkim",
+    "dns",
+    "plan",
+    "relays",
+    "serve",
     "sink",
     "demo",
-    "suppress",
 ]
 
 
@@ -48,6 +57,15 @@ def campaign_file(tmp_path: Path, start_sink: Callable[..., ThreadedSink]) -> Pa
     rows.append(["bounce-1@example.com", "-2+3", "@SUM(1)", "Gala", "10"])
     write_list(tmp_path / "attendees.csv", rows)
     return write_campaign(tmp_path, [relay_block("only", sink.port)])
+
+
+def test_command_list_complete() -> None:
+    parser = build_parser()
+    subparsers = next(
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    )
+
+    assert list(subparsers.choices) == COMMANDS
 
 
 @pytest.mark.parametrize("command", COMMANDS)

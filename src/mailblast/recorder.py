@@ -42,6 +42,8 @@ class Recorder:
         self.committed = 0
         self.on_failure: Callable[[StoreError], None] | None = None
         self.owner: str | None = None  # the run whose lease an in-flight mark requires
+        # Sees every delivery record as it is handed over (the metrics of `send --metrics`).
+        self.observer: Callable[[LogRecord], None] | None = None
 
     async def mark_in_flight(self, message: int) -> None:
         """Return once the message's in-flight mark is durable; raise StoreError if it cannot be."""
@@ -56,10 +58,14 @@ class Recorder:
     def record(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
         self.wake.set()
+        if self.observer is not None:
+            self.observer(outcome.record)
 
     def log(self, record: LogRecord) -> None:
         self.records.append(record)
         self.wake.set()
+        if self.observer is not None:
+            self.observer(record)
 
     def pending(self) -> int:
         return len(self.in_flight) + len(self.outcomes) + len(self.records)

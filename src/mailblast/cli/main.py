@@ -24,6 +24,7 @@ from mailblast.cli import (
     log,
     plan,
     relays,
+    report,
     send,
     serve,
     sink,
@@ -46,22 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log debug detail and show tracebacks"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (
+    modules = (
         send,
         status,
         log,
-        sink,
-        demo,
-        serve,
+        report,
+        suppress,
+        bounces,
+        dkim,
         dns,
         plan,
         relays,
-        bounces,
-        suppress,
-        dkim,
+        serve,
         db,
         worker,
-    ):
+    )
+    for module in (*modules, sink, demo):
         module.register(commands)
     return parser
 

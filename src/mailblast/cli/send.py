@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailblast import blast, processes
 from mailblast.cli.exit_codes import EXIT_INTERRUPTED
@@ -14,6 +15,10 @@ from mailblast.cli.progress import ProgressDisplay, print_load, print_summary
 from mailblast.config import load_campaign
 from mailblast.errors import ConfigError, MailblastError, TemplateError
 from mailblast.recipients import Rejected, read_recipients
+
+if TYPE_CHECKING:
+    from mailblast.engine import Engine
+    from mailblast.metrics import SendMetrics
 
 
 def register(commands: Any) -> None:
@@ -63,6 +68,12 @@ def register(commands: Any) -> None:
         metavar="N",
         help="send from N processes that share the store and split each relay's"
         " max_connections and rate among them (default 1)",
+    )
+    send.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics of this run at http://HOST:PORT/metrics while sending"
+        " (for example 127.0.0.1:9101)",
     )
     send.set_defaults(handler=run_send)
 
@@ -126,6 +137,11 @@ def run_send(arguments: argparse.Namespace) -> int:
         )
     if arguments.processes != 1 and arguments.test_to:
         raise MailblastError("--processes applies to a campaign send, not to proofs (--test-to)")
+    if arguments.processes != 1 and arguments.metrics:
+        raise MailblastError(
+            "--metrics serves the figures of one process; with --processes, run"
+            " `mailblast serve` and scrape its /metrics, which reads the shared store"
+        )
     campaign = load_campaign(arguments.campaign)
     if arguments.store:
         campaign = dataclasses.replace(campaign, store=arguments.store)
@@ -149,17 +165,42 @@ def run_send(arguments: argparse.Namespace) -> int:
         print_summary(summary, stats)
         return EXIT_INTERRUPTED if stats.interrupted else 0
     display = ProgressDisplay(campaign.name)
-    summary, stats, report = blast.send(
-        campaign,
-        wait=not arguments.no_wait,
-        install_signal_handlers=True,
-        on_start=display.attach,
-    )
+    on_start: Callable[[Engine], None] = display.attach
+    metrics = None
+    if arguments.metrics:
+        on_start, metrics = _serve_metrics(arguments.metrics, campaign.name, display.attach)
+    try:
+        summary, stats, report = blast.send(
+            campaign,
+            wait=not arguments.no_wait,
+            install_signal_handlers=True,
+            on_start=on_start,
+        )
+    finally:
+        if metrics is not None:
+            metrics.stop()
     display.close()
     if report is not None:
         print_load(report)
     print_summary(summary, stats)
     return EXIT_INTERRUPTED if stats.interrupted else 0
+
+
+def _serve_metrics(
+    address: str, campaign: str, attach_display: Callable[[Engine], None]
+) -> tuple[Callable[[Engine], None], SendMetrics]:
+    """Start the metrics listener; return the engine hook that feeds it, and the metrics."""
+    from mailblast.metrics import SendMetrics, parse_address
+
+    host, port = parse_address(address)
+    metrics = SendMetrics(campaign)
+    metrics.serve(host, port)
+
+    def attach(engine: Engine) -> None:
+        attach_display(engine)
+        metrics.attach(engine)
+
+    return attach, metrics
 
 
 def run_preview(arguments: argparse.Namespace) -> int:

@@ -239,6 +239,40 @@ class BounceEvent:
     mark_bounced: bool  # turn the message from sent to bounced
 
 
+@dataclass(slots=True)
+class AttemptSpan:
+    """When a campaign's attempts began and ended, and how many were sent."""
+
+    first: float | None
+    last: float | None
+    attempts: int
+    sent: int
+
+
+@dataclass(slots=True)
+class ReplyGroup:
+    """Attempt records with the same type, command, code and enhanced status."""
+
+    type: str
+    command: str | None
+    code: int | None
+    status: str | None
+    count: int
+    example: str | None  # the text of one of the records
+
+
+@dataclass(slots=True)
+class Reason:
+    """One reason for a deferral, bounce or failure, with one example reply."""
+
+    command: str | None
+    code: int | None
+    status: str | None
+    count: int
+    example: str | None
+    relay: str | None  # the relay of one of the records
+
+
 class Store(Protocol):
     """The operations every backend provides; see the module docstring for the contract."""
 
@@ -383,3 +417,26 @@ class Store(Protocol):
     def bounce_recorded(self, bounce_id: str) -> bool: ...
 
     def record_bounce(self, event: BounceEvent) -> bool: ...
+
+    # Reports and metrics: aggregates computed by the database, so that memory stays flat
+    # however long the delivery log is. An attempt record is a delivery record with a command.
+
+    def attempt_span(self, campaign_id: int) -> AttemptSpan: ...
+
+    def sent_timeline(
+        self, campaign_id: int, start: float, bucket: float
+    ) -> list[tuple[int, str | None, int]]: ...
+
+    def reply_timeline(
+        self, campaign_id: int, start: float, bucket: float
+    ) -> list[tuple[int, ReplyGroup]]: ...
+
+    def reply_groups(self, campaign_id: int) -> list[tuple[str | None, ReplyGroup]]: ...
+
+    def top_reasons(self, campaign_id: int, kind: str, limit: int) -> list[Reason]: ...
+
+    def domain_outcomes(self, campaign_id: int, limit: int) -> list[tuple[str, str, int]]: ...
+
+    def duration_histogram(
+        self, campaign_id: int, bounds: Sequence[float]
+    ) -> tuple[list[int], float, int]: ...

@@ -52,6 +52,7 @@ class PostgresStore(SQLStore):
 
     errors = (psycopg.Error,)
     claim_lock = " FOR UPDATE SKIP LOCKED"
+    domain_of_address = "lower(substr(address, strpos(address, '@') + 1))"
     shared = True
 
     def __init__(self, url: str, *, password_env: str | None = None, upgrade: bool = True) -> None:

@@ -19,6 +19,7 @@ from mailblast.errors import StoreError
 from mailblast.store.base import (
     PROBLEM_TYPES,
     SESSION_COMMANDS,
+    AttemptSpan,
     BounceEvent,
     CampaignRow,
     ClaimedMessage,
@@ -28,8 +29,10 @@ from mailblast.store.base import (
     LogRecord,
     MessageRef,
     Outcome,
+    Reason,
     RecoveryResult,
     RelayActivity,
+    ReplyGroup,
     Suppression,
 )
 
@@ -49,6 +52,9 @@ SUPPRESSION_INSERT = (
     "INSERT INTO suppressions (key, campaign_id, address, reason, origin, time)"
     " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key, campaign_id) DO NOTHING"
 )
+# The report's and metrics' attempt records: delivery records with an SMTP command.
+ATTEMPTS = "campaign_id = ? AND command IS NOT NULL"
+BUCKET = "floor((time - ?) / ?)"
 CAMPAIGN_COLUMNS = (
     "id, name, settings, status, status_reason, created_at, started_at, finished_at, loaded_at,"
     " load_line, rows_read, rows_rejected, rows_duplicate, rows_suppressed"
@@ -118,6 +124,8 @@ class SQLStore:
     db: Any
     errors: tuple[type[Exception], ...] = ()
     claim_lock = ""
+    # The recipient's domain in SQL; SQLite has instr(), PostgreSQL strpos().
+    domain_of_address = "lower(substr(address, instr(address, '@') + 1))"
     shared = False  # True when workers on several machines may use the store at once
 
     def _sql(self, text: str) -> str:
@@ -783,6 +791,85 @@ class SQLStore:
 
         recorded: bool = self._write("recording a bounce", run)
         return recorded
+
+    # Reports and metrics
+
+    def attempt_span(self, campaign_id: int) -> AttemptSpan:
+        row = self._execute(
+            "SELECT min(time), max(time), count(*),"
+            " coalesce(sum(CASE WHEN type = 'sent' THEN 1 ELSE 0 END), 0)"
+            f" FROM delivery_log WHERE {ATTEMPTS}",
+            (campaign_id,),
+        ).fetchone()
+        return AttemptSpan(*row)
+
+    def sent_timeline(
+        self, campaign_id: int, start: float, bucket: float
+    ) -> list[tuple[int, str | None, int]]:
+        """Return (bucket number, relay, sent records) for each bucket of ``bucket`` seconds."""
+        rows = self._execute(
+            f"SELECT {BUCKET} AS b, relay, count(*) FROM delivery_log"
+            f" WHERE {ATTEMPTS} AND type = 'sent' GROUP BY b, relay ORDER BY b, relay",
+            (start, bucket, campaign_id),
+        ).fetchall()
+        return [(int(b), relay, count) for b, relay, count in rows]
+
+    def reply_timeline(
+        self, campaign_id: int, start: float, bucket: float
+    ) -> list[tuple[int, ReplyGroup]]:
+        """Return the attempt records grouped by reply, per bucket of ``bucket`` seconds."""
+        rows = self._execute(
+            f"SELECT {BUCKET} AS b, type, command, code, status, count(*), min(text)"
+            f" FROM delivery_log WHERE {ATTEMPTS} GROUP BY b, type, command, code, status"
+            " ORDER BY b",
+            (start, bucket, campaign_id),
+        ).fetchall()
+        return [(int(row[0]), ReplyGroup(*row[1:])) for row in rows]
+
+    def reply_groups(self, campaign_id: int) -> list[tuple[str | None, ReplyGroup]]:
+        """Return the attempt records grouped by relay and reply."""
+        rows = self._execute(
+            "SELECT relay, type, command, code, status, count(*), min(text) FROM delivery_log"
+            f" WHERE {ATTEMPTS} GROUP BY relay, type, command, code, status",
+            (campaign_id,),
+        ).fetchall()
+        return [(row[0], ReplyGroup(*row[1:])) for row in rows]
+
+    def top_reasons(self, campaign_id: int, kind: str, limit: int) -> list[Reason]:
+        """Return the most frequent replies among the attempt records of type ``kind``."""
+        rows = self._execute(
+            "SELECT command, code, status, count(*) AS n, min(text), min(relay) FROM delivery_log"
+            f" WHERE {ATTEMPTS} AND type = ? GROUP BY command, code, status"
+            " ORDER BY n DESC, command, code, status LIMIT ?",
+            (campaign_id, kind, limit),
+        ).fetchall()
+        return [Reason(*row) for row in rows]
+
+    def domain_outcomes(self, campaign_id: int, limit: int) -> list[tuple[str, str, int]]:
+        """Return (domain, state, messages) for the ``limit`` domains with the most messages."""
+        return self._execute(
+            f"WITH m AS (SELECT {self.domain_of_address} AS domain, state FROM messages"
+            " WHERE campaign_id = ?),"
+            " top AS (SELECT domain, count(*) AS n FROM m GROUP BY domain"
+            " ORDER BY n DESC, domain LIMIT ?)"
+            " SELECT m.domain, m.state, count(*) FROM m JOIN top ON m.domain = top.domain"
+            " GROUP BY m.domain, m.state, top.n ORDER BY top.n DESC, m.domain, m.state",
+            (campaign_id, limit),
+        ).fetchall()
+
+    def duration_histogram(
+        self, campaign_id: int, bounds: Sequence[float]
+    ) -> tuple[list[int], float, int]:
+        """Return the cumulative count of attempts at or under each bound, the sum and count."""
+        buckets = "".join(
+            " coalesce(sum(CASE WHEN duration <= ? THEN 1 ELSE 0 END), 0)," for _ in bounds
+        )
+        row = self._execute(
+            f"SELECT{buckets} coalesce(sum(duration), 0), count(duration) FROM delivery_log"
+            f" WHERE {ATTEMPTS}",
+            (*bounds, campaign_id),
+        ).fetchone()
+        return list(row[: len(bounds)]), float(row[-2]), row[-1]
 
     # Runs
 

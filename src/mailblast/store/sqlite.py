@@ -7,6 +7,7 @@ The queries are shared with PostgreSQL in :mod:`mailblast.store.sql`.
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 from contextlib import AbstractContextManager
@@ -19,6 +20,14 @@ from mailblast.store.sql import SQLStore
 
 BUSY_TIMEOUT_MS = 30_000
 ADD_COLUMN = re.compile(r"^ALTER TABLE (\w+) ADD COLUMN (\w+)[^;]*;", re.MULTILINE)
+
+
+def _add_floor(db: sqlite3.Connection) -> None:
+    """Define floor() where SQLite was built without its math functions (before 3.35)."""
+    try:
+        db.execute("SELECT floor(0.5)")
+    except sqlite3.OperationalError:
+        db.create_function("floor", 1, math.floor, deterministic=True)
 
 
 class SQLiteStore(SQLStore):
@@ -37,6 +46,7 @@ class SQLiteStore(SQLStore):
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite3.connect(self.path, check_same_thread=False)
             self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            _add_floor(self.db)
             if not read_only:
                 self.db.execute("PRAGMA journal_mode = WAL")
                 self.db.execute("PRAGMA synchronous = NORMAL")
