@@ -6,8 +6,11 @@ The ``store`` fixture (tests/conftest.py) runs each test on both backends.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from mailblast.store import SQLStore
+from mailblast.metrics import StoreCollector
+from mailblast.report import build_report
+from mailblast.store import SQLStore, open_store
 from mailblast.store.base import BounceEvent, LoadRow, LogRecord, MessageRef, Outcome
 from mailblast.web.snapshot import dashboard_snapshot
 
@@ -129,3 +132,64 @@ def test_bounce_recorded_once(store: SQLStore) -> None:
     assert store.count_soft_bounces("user0@example.com") == 1
     assert store.counts(campaign) == {"bounced": 1}
     assert [r["type"] for r in store.iter_log(campaign)] == ["sent", "bounced"]
+
+
+def report_blast(store: SQLStore) -> None:
+    """A campaign over two relays and two domains whose attempts carry durations and replies."""
+    campaign, ids = load(store, "spring", 6)
+    rename = "UPDATE messages SET address = 'guest@EXAMPLE.net' WHERE id = ?"
+    store._write("renaming", store._execute, rename, (ids[5],))
+    outcomes = []
+    for index, message in enumerate(ids):
+        state = ("sent", "sent", "deferred", "bounced", "sent", "sent")[index]
+        relay = "r1" if index % 2 else "r2"
+        outcome = event(message, state, relay, 200.0 + 7 * index, "rcpt" if index == 3 else "data")
+        outcome.record.duration = 0.05 * (index + 1)
+        outcome.record.status = "5.1.1" if state == "bounced" else None
+        outcomes.append(outcome)
+    store.commit_group(campaign, [], outcomes)
+
+
+def test_report_queries(store: SQLStore) -> None:
+    report_blast(store)
+    campaign = store.list_campaigns()[0].id
+    span = store.attempt_span(campaign)
+    assert (span.first, span.last, span.attempts, span.sent) == (200.0, 235.0, 6, 4)
+    assert store.sent_timeline(campaign, 200.0, 10.0) == [
+        (0, "r1", 1),
+        (0, "r2", 1),
+        (2, "r2", 1),
+        (3, "r1", 1),
+    ]
+    [reason] = store.top_reasons(campaign, "bounced", 5)
+    assert (reason.command, reason.code, reason.status, reason.count) == ("rcpt", 451, "5.1.1", 1)
+    assert store.domain_outcomes(campaign, 1) == [
+        ("example.com", "bounced", 1),
+        ("example.com", "deferred", 1),
+        ("example.com", "sent", 3),
+    ]
+    cumulative, total, count = store.duration_histogram(campaign, [0.1, 0.25])
+    assert (cumulative, count) == ([2, 5], 6)
+    assert round(total, 6) == 1.05
+
+
+def metric_samples(collector: StoreCollector) -> list[tuple[str, str, float]]:
+    return [
+        (sample.name, json.dumps(sample.labels, sort_keys=True), sample.value)
+        for metric in collector.collect()
+        for sample in metric.samples
+    ]
+
+
+def test_report_same_on_both_backends(tmp_path: Path, postgres_url: str) -> None:
+    figures = []
+    collected = []
+    for location in (str(tmp_path / "store.db"), postgres_url):
+        with open_store(location) as store:
+            report_blast(store)
+            figures.append(build_report(store, "spring", now=300.0))
+            collected.append(sorted(metric_samples(StoreCollector(store))))
+    assert figures[0] == figures[1]
+    assert figures[0]["reasons"]["bounced"][0]["count"] == 1
+    assert collected[0] == collected[1]
+    assert ("mailblast_send_duration_seconds_count", "{}", 6) in collected[0]
