@@ -1,4 +1,4 @@
-"""The dashboard's and bounce processing's store queries, on SQLite and on PostgreSQL.
+"""The store's dashboard, bounce and report queries, on SQLite and on PostgreSQL.
 
 The ``store`` fixture (tests/conftest.py) runs each test on both backends.
 """

@@ -448,6 +448,10 @@ class Engine:
         if self.stopping.is_set() or not relay.usable(self.pool.clock()):
             self._redispatch(job)
             return connection
+        if job.message.id in self._suppressed:
+            # Before the relay's rate and daily quota, which a message not sent must not use.
+            self._skip_suppressed(job)
+            return connection
         connection = await self._usable_session(relay, connection)
         if connection is None:
             connection = await self._open(relay, job)
