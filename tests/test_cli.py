@@ -24,6 +24,7 @@ COMMANDS = [
     "check",
     "send",
     "preview",
+    "worker",
     "status",
     "pause",
     "resume",
@@ -38,6 +39,7 @@ COMMANDS = [
     "plan",
     "relays",
     "serve",
+    "db",
     "sink",
     "demo",
 ]

@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     modules = (
         send,
+        worker,
         status,
         log,
         report,
@@ -60,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
         relays,
         serve,
         db,
-        worker,
     )
     for module in (*modules, sink, demo):
         module.register(commands)
