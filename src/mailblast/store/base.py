@@ -229,3 +229,25 @@ class Store(Protocol):
     def iter_log(self, campaign_id: int) -> Iterator[dict[str, Any]]: ...
 
     def relay_totals(self, campaign_id: int) -> dict[str, dict[str, Any]]: ...
+
+    # Relay limits held for all runs of a campaign together (see mailblast.fleet)
+
+    def prepare_relays(self, campaign_id: int, relays: Sequence[tuple[str, int]]) -> None: ...
+
+    def acquire_slot(
+        self, campaign_id: int, relay: str, owner: str, now: float, lease_until: float
+    ) -> int | None: ...
+
+    def release_slot(self, campaign_id: int, relay: str, slot: int, owner: str) -> None: ...
+
+    def release_slots(self, campaign_id: int, owner: str) -> None: ...
+
+    def take_send_budget(
+        self,
+        campaign_id: int,
+        relay: str,
+        now: float,
+        interval: float,
+        quota: int | None,
+        day: str,
+    ) -> float | None: ...
