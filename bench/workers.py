@@ -48,8 +48,9 @@ from throughput import (
 
 from mailblast import blast
 from mailblast.config import load_campaign
-from mailblast.store import PostgresStore, open_store
+from mailblast.store import open_store
 from mailblast.store.base import LoadRow, LogRecord, Outcome
+from mailblast.store.postgres import PostgresStore
 
 DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/test"
 CLAIM_MESSAGES = 100_000

@@ -257,3 +257,30 @@ def test_pause_reaches_every_worker(
     by_recipient = received_counts([sink])
     assert len(by_recipient) == count
     assert max(by_recipient.values()) == 1
+
+
+@pytest.mark.slow
+def test_cancel_reaches_every_worker(
+    tmp_path: Path, start_sink: Callable[..., ThreadedSink], postgres_url: str
+) -> None:
+    count = 2000
+    sink = start_sink()
+    relays = [relay_block("sink", sink.port, max_connections=2, rate="100/s")]
+    name = load_campaign_into(tmp_path, postgres_url, relays, count, 'lease = "15s"\n')
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    workers = [start_worker(postgres_url, name, log) for log in logs]
+    wait_for(lambda: sink.stats.messages >= 100, 60, "100 messages at the sink")
+
+    mailblast("cancel", name, "--store", postgres_url, "--yes")
+    cancelled_at = time.monotonic()
+    finish(workers, logs, timeout=30)
+
+    assert time.monotonic() - cancelled_at < 10
+    with open_store(postgres_url) as store:
+        row = store.get_campaign(name)
+        assert row is not None
+        counts = store.counts(row.id)
+    assert row.status == "cancelled"
+    assert counts["cancelled"] > 0
+    assert counts["sent"] == sink.stats.messages
+    assert counts["sent"] + counts["cancelled"] == count

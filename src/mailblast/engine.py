@@ -546,8 +546,8 @@ class Engine:
             self.request_stop(f"the store failed: {error}")
             return
         except LeaseLostError:
-            # This run was too slow to renew its lease; the run that took the message over
-            # sends it, so this one drops it (the session is closed before the final dot).
+            # This run was too slow to renew its lease, and another run took the message over.
+            # That run sends it. Here the session was closed before the final dot.
             logger.warning("message %d: lease expired and taken over; not sent here", message.id)
             self._claimed.pop(message.id, None)
             return

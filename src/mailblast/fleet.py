@@ -5,8 +5,8 @@ With a store that several machines share (PostgreSQL), a relay's ``max_connectio
 relay's ``rate`` is a shared time of the next send in ``relay_budget``, and its ``daily_quota``
 a per-day counter beside it. A worker that dies keeps its slots only until its lease expires.
 
-With a SQLite store one process sends, so connections and rate stay in memory (no store round
-trip per message); only a daily quota is counted in the store, so that it survives a restart.
+With a SQLite store one process sends, so connections and rate stay in memory, with no store
+round trip per message. Only a daily quota is counted in the store, so that it survives a restart.
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from mailblast.errors import StoreError
-from mailblast.store.postgres import URL_SCHEMES, PostgresStore
 from mailblast.store.sql import SQLStore
 from mailblast.store.sqlite import SQLiteStore
 
@@ -21,6 +20,9 @@ def open_store(
     a PostgreSQL database shared by several machines is upgraded with ``mailblast db upgrade``.
     """
     if "://" in location:
+        # Imported here: psycopg and libpq add about 12 MB to a process that uses SQLite.
+        from mailblast.store.postgres import URL_SCHEMES, PostgresStore
+
         scheme = location.split("://", 1)[0]
         if scheme not in URL_SCHEMES:
             raise StoreError(
@@ -31,4 +33,4 @@ def open_store(
     return SQLiteStore(location, read_only=read_only, upgrade=upgrade)
 
 
-__all__ = ["PostgresStore", "SQLStore", "SQLiteStore", "StoreError", "open_store"]
+__all__ = ["SQLStore", "SQLiteStore", "StoreError", "open_store"]

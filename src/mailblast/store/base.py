@@ -440,3 +440,25 @@ class Store(Protocol):
     def duration_histogram(
         self, campaign_id: int, bounds: Sequence[float]
     ) -> tuple[list[int], float, int]: ...
+
+    # Relay limits held for all runs of a campaign together (see mailblast.fleet)
+
+    def prepare_relays(self, campaign_id: int, relays: Sequence[tuple[str, int]]) -> None: ...
+
+    def acquire_slot(
+        self, campaign_id: int, relay: str, owner: str, now: float, lease_until: float
+    ) -> int | None: ...
+
+    def release_slot(self, campaign_id: int, relay: str, slot: int, owner: str) -> None: ...
+
+    def release_slots(self, campaign_id: int, owner: str) -> None: ...
+
+    def take_send_budget(
+        self,
+        campaign_id: int,
+        relay: str,
+        now: float,
+        interval: float,
+        quota: int | None,
+        day: str,
+    ) -> float | None: ...

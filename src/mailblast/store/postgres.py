@@ -28,9 +28,9 @@ def check_url(url: str) -> None:
     """Raise if the URL carries a password, which belongs in the environment or a passfile."""
     parts = urlsplit(url)
     if parts.password is not None or "password" in parse_qs(parts.query):
-        shown = url.replace(f":{parts.password}@", ":***@") if parts.password else url
+        redacted = url.replace(f":{parts.password}@", ":***@") if parts.password else url
         raise StoreError(
-            f"store URL {shown.split('?')[0]} contains a password; remove it and set PGPASSWORD,"
+            f"store URL {redacted.split('?')[0]} contains a password; remove it and set PGPASSWORD,"
             " a PGPASSFILE, or the campaign key store_password_env naming a variable"
         )
 

@@ -366,8 +366,8 @@ class SQLStore:
                     " AND lease_owner = ? AND state = 'sending' RETURNING id",
                     (*in_flight, owner),
                 ).fetchall()
-                held = {row[0] for row in marked}
-                lost.extend(i for i in in_flight if i not in held)
+                marked_ids = {row[0] for row in marked}
+                lost.extend(i for i in in_flight if i not in marked_ids)
             self._executemany(
                 "UPDATE messages SET state = ?, attempts = ?, due_at = ?, first_attempt_at = ?,"
                 " in_flight = 0, lease_owner = NULL, lease_until = NULL, relay = ?,"
