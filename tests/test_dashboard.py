@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,8 @@ from dashboard_campaigns import (
     copy_store,
     store_status,
 )
+from mailblast.store import open_store
+from mailblast.store.base import LoadRow, LogRecord, Outcome
 from serving import serving
 
 TOKEN = {"MAILBLAST_CONTROL_TOKEN": CONTROL_TOKEN}
@@ -156,3 +159,34 @@ def test_control_token_from_file(store: Path, tmp_path: Path) -> None:
 
     assert response.status_code == 200
     assert campaign_status(store) == "paused"
+
+
+def test_feed_from_postgres_store(postgres_url: str) -> None:
+    with open_store(postgres_url) as opened:
+        campaign = opened.upsert_campaign("autumn", {"relays": [{"name": "primary"}]}, 1.0).id
+        rows = [
+            LoadRow(i + 2, f"guest{i}@example.org", f"guest{i}@example.org", False, "{}")
+            for i in range(3)
+        ]
+        opened.load_chunk(campaign, rows, [], 4, 3)
+        [message, *_] = opened.claim(campaign, "run", time.time(), time.time() + 60, 1)
+        now = time.time()
+        record = LogRecord(
+            "sent",
+            now,
+            message.id,
+            recipient=message.address,
+            relay="primary",
+            command="data",
+            code=250,
+        )
+        opened.commit_group(campaign, [], [Outcome(message.id, "sent", 1, now, now, record)])
+
+    with serving(postgres_url, TOKEN) as base:
+        [feed] = httpx.get(f"{base}/api/dashboard").json()["campaigns"]
+
+    assert feed["name"] == "autumn"
+    assert feed["progress"]["counts"]["sent"] == 1
+    assert feed["progress"]["counts"]["queued"] == 2
+    [relay] = feed["relays"]
+    assert (relay["name"], relay["state"], relay["counts"]["sent"]) == ("primary", "up", 1)
