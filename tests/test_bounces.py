@@ -14,7 +14,7 @@ from mailblast.bounces import BounceProcessor, BounceSettings
 from mailblast.cli.main import main
 from mailblast.mailboxes import StoredMessage
 from mailblast.recipients import normalise_address
-from mailblast.store import SQLStore
+from mailblast.store import SQLStore, open_store
 from mailblast.store.base import LoadRow, LogRecord, Outcome
 from mailblast.unsubscribe import make_token
 
@@ -314,3 +314,23 @@ def _key(address: str) -> str | None:
         return normalise_address(address)[1]
     except ValueError:
         return None
+
+
+def test_cli_records_bounce_in_postgres(
+    postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with open_store(postgres_url) as store:
+        fill_store(store, ["gone@example.com"], "b@example.com")
+    source = tmp_path / "gone.eml"
+    source.write_bytes(dsn("b@example.com", "gone@example.com", "5.1.1", "550 5.1.1 User unknown"))
+
+    status = main(["bounces", "process", str(source), "--store", postgres_url])
+
+    assert status == 0, capsys.readouterr().err
+    with open_store(postgres_url) as store:
+        assert table(store, "SELECT key, reason FROM suppressions") == [
+            ("gone@example.com", "hard-bounce")
+        ]
+        assert table(store, "SELECT state FROM messages") == [("bounced",)]
+        assert store.count_soft_bounces("gone@example.com") == 0
+        assert table(store, "SELECT class FROM bounces") == [("hard",)]

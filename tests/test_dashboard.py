@@ -169,7 +169,7 @@ def test_feed_from_postgres_store(postgres_url: str) -> None:
             for i in range(3)
         ]
         opened.load_chunk(campaign, rows, [], 4, 3)
-        [message, *_] = opened.claim(campaign, "run", time.time(), time.time() + 60, 1)
+        [message] = opened.claim(campaign, "run", time.time(), time.time() + 60, 1)
         now = time.time()
         record = LogRecord(
             "sent",
