@@ -124,7 +124,8 @@ class SQLStore:
     db: Any
     errors: tuple[type[Exception], ...] = ()
     claim_lock = ""
-    # The recipient's domain in SQL; SQLite has instr(), PostgreSQL strpos().
+    # SQL for the recipient's domain. SQLite has instr() and PostgreSQL strpos(), so each
+    # backend sets its own.
     domain_of_address = "lower(substr(address, instr(address, '@') + 1))"
     shared = False  # True when workers on several machines may use the store at once
 
