@@ -49,7 +49,8 @@ def reject_second_sender(store: SQLStore, row: CampaignRow, lease: float) -> Non
     """Raise when another run is sending the campaign from a SQLite store, which has one machine.
 
     Each process there keeps the relays' connections and rate in memory, so a second sender
-    would double the connections and rate each relay gets. ``send --processes N`` splits the limits instead.
+    would double the connections and rate each relay gets. ``send --processes N`` splits the
+    limits instead.
     """
     if store.shared:
         return
