@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import email
 import email.policy
+import hashlib
 import re
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -16,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailblast.compose import Composer, compose_slow, message_id_for
+from mailblast.compose import Composer, compose_slow, encode_body, message_id_for
 from mailblast.config import Campaign, UnsubscribeSettings, parse_campaign
 from mailblast.errors import TemplateError
 from mailblast.render import CompiledTemplates
@@ -419,6 +421,20 @@ def test_message_id_stable(tmp_path: Path) -> None:
     assert str(parse(first.data)["Message-ID"]) == first.message_id
 
 
+@settings(max_examples=100, deadline=None)
+@given(campaign_name=st.text(max_size=40), key=st.text(max_size=80))
+def test_message_id_derivation(campaign_name: str, key: str) -> None:
+    digest = hashlib.sha256(f"{campaign_name}\0{key}".encode("utf-8", "surrogatepass")).digest()
+    local = base64.b32encode(digest)[:26].decode("ascii").lower()
+
+    try:
+        message_id = message_id_for(campaign_name, key, "example.com")
+    except UnicodeEncodeError:
+        return  # a lone surrogate is no message key; the load never stores one
+
+    assert message_id == f"<{local}@example.com>"
+
+
 def test_message_id_hostname_and_idn(tmp_path: Path) -> None:
     campaign = make_campaign(tmp_path)
     templates = CompiledTemplates(campaign.templates)
@@ -564,3 +580,26 @@ def test_header_text_round_trip(property_composer: Composer, subject: str, name:
     links = UnsubscribeLinks(UNSUBSCRIBE, "spring-sale", SECRET)
     assert raw_header(data, "List-Unsubscribe") == links.header_value("ann@example.com")
     assert str(message["List-Unsubscribe-Post"]) == "List-Unsubscribe=One-Click"
+
+
+BODY_PIECES = ["a", " ", "\t", "=", ".", "é", "日", "\0", "\r", "\n", "\r\n", "x" * 500]
+BODY_TEXT = st.lists(st.sampled_from(BODY_PIECES), max_size=200).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=BODY_TEXT)
+def test_body_line_ends_and_encoding(text: str) -> None:
+    # Each line end (CR, LF or CRLF) becomes CRLF, and a final one is added.
+    lines = text.replace("\r\n", "\n").replace("\r", "\n")
+    expected = (lines if lines.endswith("\n") else lines + "\n").replace("\n", "\r\n").encode()
+
+    body, quoted = encode_body(text)
+
+    longest = max(map(len, expected.split(b"\r\n")))
+    seven_bit = expected.isascii() and b"\0" not in expected and longest <= 998
+    assert quoted is not seven_bit
+    if quoted:
+        assert body == binascii.b2a_qp(expected, istext=True)
+        assert binascii.a2b_qp(body) == expected
+    else:
+        assert body == expected

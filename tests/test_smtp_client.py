@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import shutil
 import socket
 import ssl
@@ -14,8 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 import trustme
+from hypothesis import strategies as st
 
 from mailblast.config import RelaySettings
 from mailblast.relay.classify import Command, Reply, Scope
@@ -88,6 +91,38 @@ def test_reply_split_across_reads() -> None:
 
     assert first == SMTPReply(250, "first line\nsecond\nlast")
     assert second == SMTPReply(354, "go")
+
+
+REPLY_STREAM = (
+    b"250-mail.example.com\r\n250-PIPELINING\r\n250 SMTPUTF8\r\n250 2.1.0 Ok\r\n"
+    b"250 2.1.5 Ok\n354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued\r\n"
+)
+REPLY_STREAM_PARSED = [
+    SMTPReply(250, "mail.example.com\nPIPELINING\nSMTPUTF8"),
+    SMTPReply(250, "2.1.0 Ok"),
+    SMTPReply(250, "2.1.5 Ok"),
+    SMTPReply(354, "End data with <CR><LF>.<CR><LF>"),
+    SMTPReply(250, "2.0.0 Ok: queued"),
+]
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(cuts=st.lists(st.integers(min_value=0, max_value=len(REPLY_STREAM)), max_size=12))
+def test_reply_stream_any_split(cuts: list[int]) -> None:
+    bounds = [0, *sorted(cuts), len(REPLY_STREAM)]
+    chunks = [REPLY_STREAM[start:end] for start, end in itertools.pairwise(bounds)]
+
+    async def parse() -> tuple[list[SMTPReply], bool]:
+        protocol = ReplyProtocol()
+        for chunk in chunks:
+            protocol.data_received(chunk)
+        replies = [await protocol.read_reply(1) for _ in REPLY_STREAM_PARSED]
+        return replies, protocol.has_unread()
+
+    replies, unread = asyncio.run(parse())
+
+    assert replies == REPLY_STREAM_PARSED
+    assert not unread
 
 
 def test_reply_malformed_line_fails() -> None:

@@ -232,7 +232,9 @@ def message_id_for(campaign_name: str, message_key: str, domain: str) -> str:
     and the message key. An internationalised domain is written as its A-label (xn--).
     """
     digest = hashlib.sha256(f"{campaign_name}\0{message_key}".encode()).digest()
-    local = base64.b32encode(digest)[:26].decode("ascii").lower()
+    # The first 26 base32 characters depend only on the first 20 octets (32 characters).
+    # base64.b32encode is pure Python in Python 3.11, so encoding fewer octets saves time.
+    local = base64.b32encode(digest[:20])[:26].decode("ascii").lower()
     return f"<{local}@{_ascii_domain(domain)}>"
 
 
@@ -425,11 +427,14 @@ def encode_body(text: str) -> tuple[bytes, bool]:
     without NUL and every line is at most 998 octets. Otherwise it is the quoted-printable
     form of its UTF-8 octets, whose lines are at most 76 characters.
     """
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if not text.endswith("\n"):
-        text += "\n"
-    data = text.replace("\n", "\r\n").encode("utf-8")
+    # Line ends are rewritten in the UTF-8 octets, which is cheaper than in a str that contains
+    # non-ASCII text. No multi-octet UTF-8 sequence contains a CR or LF octet.
+    data = text.encode("utf-8")
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    data = data.replace(b"\n", b"\r\n")
     if data.isascii() and b"\0" not in data and _longest_line(data) <= MAX_LINE_OCTETS:
         return data, False
     # b2a_qp writes CRLF soft line breaks because the data's first line end is CRLF.

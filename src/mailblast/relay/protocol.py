@@ -75,16 +75,22 @@ class ReplyProtocol(asyncio.Protocol):
         self._writable.set()
 
     def data_received(self, data: bytes) -> None:
+        # Replies usually arrive as whole lines, so lines are sliced from the received bytes.
+        # Only a partial line waits in the buffer for the rest.
         buffer = self._buffer
-        buffer += data
+        if buffer:
+            buffer += data
+            data = bytes(buffer)
+            buffer.clear()
         start = 0
         while self._lost is None:
-            end = buffer.find(b"\n", start)
+            end = data.find(b"\n", start)
             if end < 0:
                 break
-            self._take_line(bytes(buffer[start:end]).rstrip(b"\r"))
+            self._take_line(data[start:end].rstrip(b"\r"))
             start = end + 1
-        del buffer[:start]
+        if start < len(data):
+            buffer += data[start:]
         if len(buffer) > MAX_REPLY_LINE:
             self._fail(SMTPConnectionLost(f"reply line longer than {MAX_REPLY_LINE} bytes"))
 
@@ -96,13 +102,17 @@ class ReplyProtocol(asyncio.Protocol):
             shown = line[:80].decode("ascii", "replace")
             self._fail(SMTPConnectionLost(f"the relay sent a line that is not a reply: {shown!r}"))
             return
-        self._lines.append(line[4:].decode("utf-8", "replace"))
+        text = line[4:].decode("utf-8", "replace")
         if separator == b"-":
+            self._lines.append(text)
             if len(self._lines) > MAX_REPLY_LINES:
                 self._fail(SMTPConnectionLost(f"reply longer than {MAX_REPLY_LINES} lines"))
             return
-        reply = SMTPReply(int(line[:3]), "\n".join(self._lines))
-        self._lines = []
+        if self._lines:
+            self._lines.append(text)
+            text = "\n".join(self._lines)
+            self._lines = []
+        reply = SMTPReply(int(line[:3]), text)
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
