@@ -211,7 +211,11 @@ def test_killed_worker_taken_over(
     assert row.status == "done"
     assert counts.get("sent", 0) + counts.get("unknown", 0) == count
     by_recipient = received_counts([sink])
-    assert len(by_recipient) == count
+    # The killed worker may have marked a message in flight and died before its final dot
+    # reached the sink: that message is unknown and may be missing, never anything else.
+    missing = {row[0] for row in person_rows(count)} - set(by_recipient)
+    assert missing <= unknown
+    assert len(by_recipient) + len(missing) == count
     twice = {address for address, times in by_recipient.items() if times > 1}
     assert twice <= unknown
     assert time.monotonic() - killed_at >= 3  # the others waited for the lease

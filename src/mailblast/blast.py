@@ -26,6 +26,7 @@ from mailblast.errors import MailblastError
 from mailblast.load import LoadReport, load_list
 from mailblast.recipients import Recipient, list_columns, read_recipients
 from mailblast.relay.classify import Scope
+from mailblast.relay.client import CLOSE_SECONDS, wait_closed
 from mailblast.relay.connection import RelayConnection, SessionError
 from mailblast.render import CompiledTemplates
 from mailblast.signingkey import load_signer
@@ -329,6 +330,7 @@ async def _send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[tup
                     break
         finally:
             await connection.quit()
+            await wait_closed(CLOSE_SECONDS)
         return results
     raise MailblastError("no relay accepted a connection; the proofs were not sent")
 

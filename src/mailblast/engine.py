@@ -40,6 +40,7 @@ from mailblast.errors import LeaseLostError, StoreError, TemplateError
 from mailblast.fleet import RelayLimits
 from mailblast.recorder import Recorder
 from mailblast.relay.classify import Command, Reply, Scope
+from mailblast.relay.client import CLOSE_SECONDS, wait_closed
 from mailblast.relay.connection import RelayConnection, SessionError, default_ehlo_name
 from mailblast.relay.pool import RelayPool, RelayState
 from mailblast.retry import RetryPolicy
@@ -254,6 +255,7 @@ class Engine:
             for task in stuck:
                 task.cancel()
             await asyncio.wait(stuck)
+        await wait_closed(CLOSE_SECONDS)
         unsent = [job.message.id for job in self._claimed.values()]
         try:
             # After a store failure nothing more can be written: the claims stay, and the

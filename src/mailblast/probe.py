@@ -21,6 +21,7 @@ from mailblast.compose import Composed, Composer
 from mailblast.config import Campaign, RelaySettings
 from mailblast.errors import MailblastError
 from mailblast.relay.classify import Scope
+from mailblast.relay.client import CLOSE_SECONDS, wait_closed
 from mailblast.relay.connection import RelayConnection, SessionError
 
 logger = logging.getLogger("mailblast.probe")
@@ -163,6 +164,8 @@ def probe(campaign: Campaign, address: str, count: int) -> list[ProbeResult]:
     messages = probe_messages(campaign, address, count)
 
     async def run_all() -> list[ProbeResult]:
-        return [await probe_relay(relay, messages) for relay in campaign.relays]
+        results = [await probe_relay(relay, messages) for relay in campaign.relays]
+        await wait_closed(CLOSE_SECONDS)
+        return results
 
     return asyncio.run(run_all())

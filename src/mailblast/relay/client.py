@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ssl
+import weakref
 from collections.abc import Sequence
 from typing import cast
 
@@ -162,6 +164,25 @@ class SMTPClient:
         transport = self.protocol.transport
         if transport is not None and not transport.is_closing():
             transport.close()
+            _closing.add(self.protocol)
+
+
+CLOSE_SECONDS = 2.0  # how long a run waits at its end for closed connections to finish closing
+
+# Protocols whose transport was closed but has not reported connection_lost yet. A TLS
+# transport finishes its shutdown on the event loop, so the loop must run until it is done:
+# closing the loop earlier leaks the socket, and uvloop then fails to close the loop at all.
+_closing: weakref.WeakSet[ReplyProtocol] = weakref.WeakSet()
+
+
+async def wait_closed(timeout: float) -> None:
+    """Wait up to ``timeout`` seconds until every closed connection has finished closing."""
+    pending = [protocol.closed.wait() for protocol in list(_closing)]
+    if not pending:
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*pending)
 
 
 def _b64(text: str) -> bytes:

@@ -48,6 +48,7 @@ class ReplyProtocol(asyncio.Protocol):
         self._lost: SMTPConnectionLost | None = None
         self._writable = asyncio.Event()
         self._writable.set()
+        self.closed = asyncio.Event()  # set when the transport has reported connection_lost
 
     @property
     def is_open(self) -> bool:
@@ -67,6 +68,7 @@ class ReplyProtocol(asyncio.Protocol):
         reason = f": {type(exc).__name__}: {exc}" if exc else ""
         self._fail(SMTPConnectionLost(f"the relay closed the connection{reason}"))
         self._writable.set()
+        self.closed.set()
 
     def pause_writing(self) -> None:
         self._writable.clear()
