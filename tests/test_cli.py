@@ -16,8 +16,9 @@ import pytest
 
 from conftest import person_rows, relay_block, write_campaign, write_list
 from mailblast.blast import prepare
-from mailblast.cli.main import build_parser, main
+from mailblast.cli.main import build_parser, cause_lines, main
 from mailblast.config import load_campaign
+from mailblast.errors import MailblastError
 from mailblast.sink import ThreadedSink
 
 COMMANDS = [
@@ -305,3 +306,17 @@ def test_log_export_to_closed_pipe(campaign_file: Path, tmp_path: Path) -> None:
     process.stdout.close()
     _, err = process.communicate(timeout=30)
     assert b"Traceback" not in err
+
+
+def test_cause_chain_skips_repeated_text() -> None:
+    inner = ValueError("the address is empty")
+    middle = ValueError("invalid address '': the address is empty")
+    middle.__cause__ = inner
+    outer = MailblastError("invalid address '': the address is empty; give an address")
+    outer.__cause__ = middle
+    distinct = OSError("disk full")
+    outer_with_new_fact = MailblastError("cannot write the export")
+    outer_with_new_fact.__cause__ = distinct
+
+    assert cause_lines(outer) == []
+    assert cause_lines(outer_with_new_fact) == ["OSError: disk full"]

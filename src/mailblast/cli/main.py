@@ -101,16 +101,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except MailblastError as error:
         print(f"error: {error}", file=sys.stderr)
-        cause = error.__cause__
-        while cause is not None:
-            print(f"  caused by: {type(cause).__name__}: {cause}", file=sys.stderr)
-            cause = cause.__cause__
+        for line in cause_lines(error):
+            print(f"  caused by: {line}", file=sys.stderr)
         if arguments.verbose:
             raise
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def cause_lines(error: BaseException) -> list[str]:
+    """Describe the chain of causes of an error, leaving out those its message already states."""
+    shown = str(error)
+    lines = []
+    cause = error.__cause__
+    while cause is not None:
+        text = str(cause)
+        if text and text not in shown:
+            lines.append(f"{type(cause).__name__}: {text}")
+            shown += "\n" + text
+        cause = cause.__cause__
+    return lines
 
 
 if __name__ == "__main__":
