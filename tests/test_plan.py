@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email
 import json
 import socket
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from conftest import person_rows, relay_block, write_campaign, write_list
 from mailblast import blast
 from mailblast.cli.main import main
 from mailblast.plan import Plan, campaign_relay_rates, sustained_rate
+from mailblast.signingkey import generate_key, private_key_pem
 from mailblast.sink import ThreadedSink
 
 
@@ -192,6 +194,37 @@ def test_relays_probe_table(
     assert code == 0
     assert "5/5" in out
     assert sink.stats.messages == 5
+
+
+def test_relays_probe_sends_campaign_message(
+    tmp_path: Path,
+    start_sink: Callable[..., ThreadedSink],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sink = start_sink(keep_messages=True)
+    write_list(tmp_path / "attendees.csv", person_rows(1))
+    campaign = write_campaign(tmp_path, [relay_block("only", sink.port)])
+    (tmp_path / "invite.txt").write_text("Leave: {{ unsubscribe_url }}\n", encoding="utf-8")
+    (tmp_path / "dkim.pem").write_bytes(private_key_pem(generate_key("rsa")))
+    monkeypatch.setenv("MAILBLAST_TEST_PROBE_SECRET", "s" * 32)
+    tables = (
+        '[unsubscribe]\nurl = "https://example.com/u"\nsecret_env = "MAILBLAST_TEST_PROBE_SECRET"\n'
+        '[dkim]\ndomain = "example.com"\nselector = "s1"\n'
+        f'private_key_file = "{tmp_path / "dkim.pem"}"\n'
+    )
+    campaign.write_text(campaign.read_text(encoding="utf-8") + "\n" + tables, encoding="utf-8")
+
+    code = main(["relays", "probe", str(campaign), "--to", "probe@example.net", "--messages", "2"])
+
+    assert code == 0, capsys.readouterr().err
+    assert len(sink.stats.received) == 2
+    for received in sink.stats.received:
+        message = email.message_from_bytes(received.data)
+        assert message["List-Unsubscribe"] is not None
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert message["DKIM-Signature"] is not None
+        assert b"https://example.com/u?token=" in received.data
 
 
 @pytest.mark.parametrize("count", ["0", "-3"])
