@@ -16,6 +16,8 @@ from mailblast.cli.main import main
 from mailblast.plan import Plan, campaign_relay_rates, sustained_rate
 from mailblast.signingkey import generate_key, private_key_pem
 from mailblast.sink import ThreadedSink
+from mailblast.store.base import LogRecord
+from mailblast.store.sqlite import SQLiteStore
 
 
 def test_sustained_rate_median_of_active_minutes() -> None:
@@ -33,6 +35,37 @@ def test_sustained_rate_median_of_active_minutes() -> None:
 def test_sustained_rate_short_send() -> None:
     assert sustained_rate([100.0, 100.5, 101.0, 102.0]) == (pytest.approx(1.5), 0)
     assert sustained_rate([100.0]) == (0.0, 0)
+
+
+def test_sustained_rate_ignores_late_retry() -> None:
+    burst = [100.0 + i / 600 for i in range(300)]
+
+    for delay in (24.0, 90.0):
+        rate, minutes = sustained_rate([*burst, burst[-1] + delay])
+
+        assert rate == pytest.approx(600.0)
+        assert minutes == 0
+
+
+def test_campaign_rates_late_straggler(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "mailblast.db")
+    campaign = store.upsert_campaign("spring-gala", {"name": "spring-gala"}, 1.0).id
+    records = [
+        LogRecord(type="sent", time=100.0 + i / 600, relay=relay)
+        for relay in ("r1", "r2")
+        for i in range(300)
+    ]
+    # r2's one deferred message is accepted on its retry, 24 s after the burst.
+    records.append(LogRecord(type="sent", time=124.5, relay="r2"))
+    store.commit_group(campaign, [], [], records)
+
+    rates = {rate.relay: rate for rate in campaign_relay_rates(store, campaign, "spring-gala")}
+    store.close()
+
+    assert rates["r1"].rate == pytest.approx(600.0)
+    assert rates["r2"].rate == pytest.approx(600.0)
+    assert rates["r2"].accepted == 301
+    assert rates["r2"].active_minutes == 0
 
 
 def test_plan_arithmetic() -> None:
