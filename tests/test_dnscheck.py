@@ -6,12 +6,15 @@ import base64
 import ipaddress
 import json
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import dns.flags
 import dns.message
 import dns.query
+import dns.rcode
 import pytest
 import spf  # pyspf
 from cryptography.hazmat.primitives import serialization
@@ -19,10 +22,19 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from mailblast import dnscheck
 from mailblast.cli.main import main
 from mailblast.dkimkey import LocalDkimKey, load_local_key
-from mailblast.dnscheck import Finding, Lookups, Status, check_domain, make_resolver
+from mailblast.dnscheck import (
+    Finding,
+    Lookups,
+    Status,
+    check_dkim,
+    check_domain,
+    make_resolver,
+)
 from mailblast.dnsserver import LocalDnsServer
+from mailblast.nameserver import NameserverUnreachable
 from mailblast.spfpolicy import check_host
 
 DOMAIN = "example.com"
@@ -278,19 +290,80 @@ def test_missing_mx_error(server: LocalDnsServer, rsa_key_file: Path) -> None:
     assert "MX records" in finding.fix
 
 
-def test_silent_nameserver_errors() -> None:
+@pytest.fixture
+def silent_nameserver() -> Iterator[str]:
+    """Bind a loopback UDP port that never answers; return it as IP:PORT."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
-        nameserver = f"127.0.0.1:{silent.getsockname()[1]}"
-        lookups = Lookups(make_resolver(nameserver, timeout=0.2))
+        yield f"127.0.0.1:{silent.getsockname()[1]}"
 
-        findings = check_domain(DOMAIN, lookups, "s1", None, ["192.0.2.25"])
 
-    assert {f.check for f in findings} == {"SPF", "DKIM", "DMARC", "MX", "PTR"}
-    for finding in findings:
-        assert finding.status is Status.ERROR
-        assert "timed out" in finding.detail
-        assert finding.fix.startswith("make sure the nameserver answers")
+def test_silent_nameserver_stops_check(silent_nameserver: str) -> None:
+    lookups = Lookups(make_resolver(silent_nameserver, timeout=0.2))
+    started = time.monotonic()
+
+    with pytest.raises(NameserverUnreachable) as caught:
+        check_domain(DOMAIN, lookups, "s1", None, ["192.0.2.25"])
+
+    # The first lookup (the SPF record) fails, and no further check waits its timeout.
+    assert time.monotonic() - started < 1.0
+    assert caught.value.nameservers == silent_nameserver
+    assert caught.value.lookup == f"{DOMAIN} TXT"
+    assert caught.value.reason == "timed out after 0.2 s"
+
+
+def test_silent_nameserver_dkim_lookup(silent_nameserver: str) -> None:
+    lookups = Lookups(make_resolver(silent_nameserver, timeout=0.2))
+
+    with pytest.raises(NameserverUnreachable) as caught:
+        check_dkim(DOMAIN, lookups, "s1", None)
+
+    assert caught.value.lookup == f"s1._domainkey.{DOMAIN} TXT"
+
+
+def test_servfail_stays_finding() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        answering = threading.Thread(target=answer_servfail, args=(server,), daemon=True)
+        answering.start()
+        lookups = Lookups(make_resolver(f"127.0.0.1:{server.getsockname()[1]}", timeout=2))
+
+        findings = check_dkim(DOMAIN, lookups, "s1", None)
+
+        server.sendto(b"", server.getsockname())  # an empty datagram ends the thread
+        answering.join(2)
+
+    assert len(findings) == 1
+    assert findings[0].status is Status.ERROR
+    assert "SERVFAIL" in findings[0].detail
+
+
+def answer_servfail(server: socket.socket) -> None:
+    while True:
+        data, peer = server.recvfrom(4096)
+        if not data:
+            return
+        response = dns.message.make_response(dns.message.from_wire(data))
+        response.set_rcode(dns.rcode.SERVFAIL)
+        server.sendto(response.to_wire(), peer)
+
+
+def test_cli_silent_nameserver_exit_2(
+    silent_nameserver: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(dnscheck, "LOOKUP_TIMEOUT", 0.2)
+
+    status = main(["dns", "check", DOMAIN, "--nameserver", silent_nameserver])
+
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.out == ""
+    assert f"nameserver {silent_nameserver} did not answer" in captured.err
+    assert "timed out after 0.2 s" in captured.err
+    assert "or omit --nameserver to use the system's resolver" in captured.err
+    assert captured.err.count("timed out") == 1
 
 
 def publish_term_targets(server: LocalDnsServer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email
 import json
 import socket
 from collections.abc import Callable
@@ -13,7 +14,10 @@ from conftest import person_rows, relay_block, write_campaign, write_list
 from mailblast import blast
 from mailblast.cli.main import main
 from mailblast.plan import Plan, campaign_relay_rates, sustained_rate
+from mailblast.signingkey import generate_key, private_key_pem
 from mailblast.sink import ThreadedSink
+from mailblast.store.base import LogRecord
+from mailblast.store.sqlite import SQLiteStore
 
 
 def test_sustained_rate_median_of_active_minutes() -> None:
@@ -31,6 +35,37 @@ def test_sustained_rate_median_of_active_minutes() -> None:
 def test_sustained_rate_short_send() -> None:
     assert sustained_rate([100.0, 100.5, 101.0, 102.0]) == (pytest.approx(1.5), 0)
     assert sustained_rate([100.0]) == (0.0, 0)
+
+
+def test_sustained_rate_ignores_late_retry() -> None:
+    burst = [100.0 + i / 600 for i in range(300)]
+
+    for delay in (24.0, 90.0):
+        rate, minutes = sustained_rate([*burst, burst[-1] + delay])
+
+        assert rate == pytest.approx(600.0)
+        assert minutes == 0
+
+
+def test_campaign_rates_late_straggler(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "mailblast.db")
+    campaign = store.upsert_campaign("spring-gala", {"name": "spring-gala"}, 1.0).id
+    records = [
+        LogRecord(type="sent", time=100.0 + i / 600, relay=relay)
+        for relay in ("r1", "r2")
+        for i in range(300)
+    ]
+    # r2's one deferred message is accepted on its retry, 24 s after the burst.
+    records.append(LogRecord(type="sent", time=124.5, relay="r2"))
+    store.commit_group(campaign, [], [], records)
+
+    rates = {rate.relay: rate for rate in campaign_relay_rates(store, campaign, "spring-gala")}
+    store.close()
+
+    assert rates["r1"].rate == pytest.approx(600.0)
+    assert rates["r2"].rate == pytest.approx(600.0)
+    assert rates["r2"].accepted == 301
+    assert rates["r2"].active_minutes == 0
 
 
 def test_plan_arithmetic() -> None:
@@ -192,6 +227,37 @@ def test_relays_probe_table(
     assert code == 0
     assert "5/5" in out
     assert sink.stats.messages == 5
+
+
+def test_relays_probe_sends_campaign_message(
+    tmp_path: Path,
+    start_sink: Callable[..., ThreadedSink],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sink = start_sink(keep_messages=True)
+    write_list(tmp_path / "attendees.csv", person_rows(1))
+    campaign = write_campaign(tmp_path, [relay_block("only", sink.port)])
+    (tmp_path / "invite.txt").write_text("Leave: {{ unsubscribe_url }}\n", encoding="utf-8")
+    (tmp_path / "dkim.pem").write_bytes(private_key_pem(generate_key("rsa")))
+    monkeypatch.setenv("MAILBLAST_TEST_PROBE_SECRET", "s" * 32)
+    tables = (
+        '[unsubscribe]\nurl = "https://example.com/u"\nsecret_env = "MAILBLAST_TEST_PROBE_SECRET"\n'
+        '[dkim]\ndomain = "example.com"\nselector = "s1"\n'
+        f'private_key_file = "{tmp_path / "dkim.pem"}"\n'
+    )
+    campaign.write_text(campaign.read_text(encoding="utf-8") + "\n" + tables, encoding="utf-8")
+
+    code = main(["relays", "probe", str(campaign), "--to", "probe@example.net", "--messages", "2"])
+
+    assert code == 0, capsys.readouterr().err
+    assert len(sink.stats.received) == 2
+    for received in sink.stats.received:
+        message = email.message_from_bytes(received.data)
+        assert message["List-Unsubscribe"] is not None
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert message["DKIM-Signature"] is not None
+        assert b"https://example.com/u?token=" in received.data
 
 
 @pytest.mark.parametrize("count", ["0", "-3"])

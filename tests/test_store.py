@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mailblast.compose import message_id_for
 from mailblast.errors import StoreError
 from mailblast.store import SQLStore, open_store
 from mailblast.store.base import LoadRow, LogRecord, Outcome
@@ -70,6 +71,22 @@ def test_load_chunk_skips_suppressed(store: SQLStore) -> None:
     result = store.load_chunk(campaign, rows(3), [], 4, 3)
     assert result.queued == 2
     assert [r.key for r in result.suppressed] == ["user1@example.com"]
+
+
+def test_suppression_record_tied_to_message(store: SQLStore) -> None:
+    settings = {"name": "spring", "from_address": "events@Example.COM"}
+    campaign = store.upsert_campaign("spring", settings, 100.0).id
+    store.load_chunk(campaign, rows(2), [], 3, 2)
+    record = LogRecord(type="unsubscribed", time=5.0, recipient="user1@example.com")
+
+    added = store.add_suppression(
+        "user1@example.com", "user1@example.com", "unsubscribed", 0, 5.0, "spring", record
+    )
+
+    [logged] = [r for r in store.iter_log(campaign) if r["type"] == "unsubscribed"]
+    assert added
+    assert logged["line"] == 3
+    assert logged["message_id"] == message_id_for("spring", "user1@example.com", "example.com")
 
 
 def test_claim_respects_limit_and_due(store: SQLStore) -> None:

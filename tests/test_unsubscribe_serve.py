@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from mailblast.cli.main import main
+from mailblast.compose import message_id_for
 from mailblast.store.base import LoadRow
 from mailblast.store.sqlite import SQLiteStore
 from mailblast.unsubscribe import make_token
@@ -43,7 +44,7 @@ class Server:
             campaign = store.get_campaign(CAMPAIGN)
             assert campaign is not None
             records = [
-                (r["recipient"], r["line"], r["text"])
+                (r["recipient"], r["line"], r["text"], r["message_id"])
                 for r in store.iter_log(campaign.id)
                 if r["type"] == "unsubscribed"
             ]
@@ -54,7 +55,8 @@ class Server:
 
 def make_store(path: Path) -> None:
     store = SQLiteStore(path)
-    campaign = store.upsert_campaign(CAMPAIGN, {"name": CAMPAIGN}, 1.0).id
+    settings = {"name": CAMPAIGN, "from_address": "events@example.com"}
+    campaign = store.upsert_campaign(CAMPAIGN, settings, 1.0).id
     rows = [
         LoadRow(i + 2, f"guest{i}@example.com", f"guest{i}@example.com", False, "{}")
         for i in range(9)
@@ -89,6 +91,7 @@ def test_one_click_post(server: Server) -> None:
     [record] = unsubscribed(server, "guest0@example.com")
     assert record[1] == 2
     assert "one-click POST" in record[2]
+    assert record[3] == message_id_for(CAMPAIGN, "guest0@example.com", "example.com")
 
 
 def test_one_click_multipart(server: Server) -> None:

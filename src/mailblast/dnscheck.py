@@ -21,6 +21,7 @@ import spf  # pyspf
 
 from mailblast.dkimkey import LocalDkimKey, keys_equal, published_key
 from mailblast.errors import MailblastError
+from mailblast.nameserver import raise_if_unreachable
 from mailblast.spfpolicy import (
     LOOKUP_LIMIT,
     IpAddress,
@@ -32,7 +33,12 @@ from mailblast.spfpolicy import (
 
 logger = logging.getLogger("mailblast.dnscheck")
 
-LOOKUP_TIMEOUT = 5.0  # seconds for one query, across retries of the same nameserver
+# Seconds for one lookup, across its tries. A recursive resolver with a cold cache can take a
+# few seconds on a slow authoritative server, so this stays at the common 5 s (dnspython's and
+# glibc's default). A silent nameserver costs it once, because the check stops at the first
+# lookup that gets no reply at all.
+LOOKUP_TIMEOUT = 5.0
+TRY_TIMEOUT = 2.0  # seconds to wait for a reply to one UDP query before sending it again
 NAMESERVER_FIX = "make sure the nameserver answers for this name, then run the check again"
 
 
@@ -56,8 +62,12 @@ class Finding:
         return {key: str(value) for key, value in asdict(self).items()}
 
 
-def make_resolver(nameserver: str | None, timeout: float = LOOKUP_TIMEOUT) -> dns.resolver.Resolver:
-    """Return the system's resolver, or one that queries only ``nameserver`` (IP or IP:PORT)."""
+def make_resolver(nameserver: str | None, timeout: float | None = None) -> dns.resolver.Resolver:
+    """Return the system's resolver, or one that queries only ``nameserver`` (IP or IP:PORT).
+
+    ``timeout`` is the seconds for one lookup, LOOKUP_TIMEOUT by default.
+    """
+    timeout = LOOKUP_TIMEOUT if timeout is None else timeout
     if nameserver is None:
         resolver = dns.resolver.Resolver()
     else:
@@ -66,6 +76,7 @@ def make_resolver(nameserver: str | None, timeout: float = LOOKUP_TIMEOUT) -> dn
         resolver.nameservers = [host]
         resolver.port = port
     resolver.lifetime = timeout
+    resolver.timeout = min(TRY_TIMEOUT, timeout)
     return resolver
 
 
@@ -91,7 +102,10 @@ def parse_nameserver(text: str) -> tuple[str, int]:
 
 
 class DnsLookupError(Exception):
-    """A DNS lookup failed (timeout, SERVFAIL), so the check of that name is an error."""
+    """A nameserver replied to a lookup with an error such as SERVFAIL, so that check fails.
+
+    A lookup with no reply at all raises NameserverUnreachable instead.
+    """
 
 
 class Lookups:
@@ -116,6 +130,7 @@ class Lookups:
             return []
         except dns.exception.DNSException as error:
             logger.debug("lookup of %s %s failed: %s", name, rdtype, error)
+            raise_if_unreachable(self.resolver, f"{name} {rdtype}", error)
             raise DnsLookupError(f"lookup of {name} {rdtype} failed: {error}") from error
 
 

@@ -3,13 +3,16 @@
 The sustained rate of a relay in a finished campaign is the median of its per-minute rates over
 the minutes in which it accepted at least one message. Minutes are counted from the relay's
 first acceptance, and the last minute is left out because it is partial. A send that lasted
-under one minute has no full minute, so its rate is (accepted - 1) / (last - first acceptance).
+under one minute has no full minute, so its rate is (accepted - 1) / (last - first acceptance),
+taken over its bulk: the largest stretch of acceptances without a long gap. So a retry accepted
+long after a burst of a few seconds does not stretch the span the burst is measured over.
 Idle minutes (paused, throttled, between runs) do not count, so the figure is what the relay
 sustains while it is sending, not the campaign's average.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Iterable, Sequence
@@ -22,6 +25,11 @@ MINUTE = 60.0
 # The rule of thumb this replaces: one SMTP server per 50,000 messages for a 4 to 6 hour send.
 RULE_MESSAGES_PER_SERVER = 50_000
 RULE_HOURS = (4, 6)
+# A gap between two acceptances longer than both of these ends a relay's bulk: a deferred
+# message is retried after at least retry_initial (60 s by default), while a relay that is
+# sending steadily at 1 msg/s or more accepts messages far less than 5 s apart.
+LONG_GAP_SECONDS = 5.0
+LONG_GAP_FACTOR = 10  # times the median gap between acceptances
 
 
 @dataclass(frozen=True)
@@ -71,10 +79,16 @@ class Plan:
 def sustained_rate(times: Sequence[float]) -> tuple[float, int]:
     """Return (messages per second, full active minutes) for sorted acceptance times.
 
-    A send shorter than a minute has no full minute, so its minute count is 0.
+    When the bulk of the acceptances came within a minute, the send has no full minute, so its
+    rate is measured over the bulk and its minute count is 0.
     """
     if len(times) < 2 or times[-1] <= times[0]:
         return 0.0, 0
+    bulk = bulk_of(times)
+    if bulk[-1] - bulk[0] < MINUTE:
+        if len(bulk) < 2 or bulk[-1] <= bulk[0]:
+            bulk = times
+        return (len(bulk) - 1) / (bulk[-1] - bulk[0]), 0
     first = times[0]
     per_minute: dict[int, int] = {}
     for moment in times:
@@ -82,9 +96,25 @@ def sustained_rate(times: Sequence[float]) -> tuple[float, int]:
         per_minute[minute] = per_minute.get(minute, 0) + 1
     last_minute = int((times[-1] - first) // MINUTE)
     full = [count / MINUTE for minute, count in per_minute.items() if minute != last_minute]
-    if not full:
-        return (len(times) - 1) / (times[-1] - first), 0
     return statistics.median(full), len(full)
+
+
+def bulk_of(times: Sequence[float]) -> Sequence[float]:
+    """Return the largest stretch of sorted ``times`` with no long gap between neighbours.
+
+    A gap is long when it exceeds both LONG_GAP_SECONDS and LONG_GAP_FACTOR times the median
+    gap. Of stretches with equally many times, the first is returned.
+    """
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    limit = max(LONG_GAP_SECONDS, LONG_GAP_FACTOR * statistics.median(gaps))
+    stretches = []
+    start = 0
+    for index, gap in enumerate(gaps, start=1):
+        if gap > limit:
+            stretches.append(times[start:index])
+            start = index
+    stretches.append(times[start:])
+    return max(stretches, key=len)
 
 
 def relay_rates(records: Iterable[dict[str, object]]) -> list[RelayRate]:

@@ -16,8 +16,8 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from mailblast.blast import compile_templates, first_recipients
-from mailblast.compose import Composed, Composer
+from mailblast.blast import build_composer, compile_templates, first_recipients
+from mailblast.compose import Composed
 from mailblast.config import Campaign, RelaySettings
 from mailblast.errors import MailblastError
 from mailblast.relay.classify import Scope
@@ -87,7 +87,9 @@ def probe_messages(campaign: Campaign, address: str, count: int) -> list[Compose
             " message from; run 'mailblast check' on the campaign"
         )
     row = recipients[0]
-    composer = Composer(campaign, compile_templates(campaign))
+    # The same builder as send and preview, so probe messages carry the campaign's
+    # List-Unsubscribe headers and DKIM signature and cost the relay the same.
+    composer = build_composer(campaign, compile_templates(campaign))
     return [
         composer.compose(f"{row.key}/probe-{number}", address, row.fields, False, token="probe")
         for number in range(count)

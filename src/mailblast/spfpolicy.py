@@ -18,6 +18,8 @@ import dns.exception
 import dns.resolver
 import spf  # pyspf
 
+from mailblast.nameserver import raise_if_unreachable
+
 logger = logging.getLogger("mailblast.spfpolicy")
 
 LOOKUP_LIMIT: int = spf.MAX_LOOKUP
@@ -68,7 +70,8 @@ def _lookup(
 ) -> list[tuple[tuple[str, str], Any]]:
     """Query one name for pyspf and return ((name, type), value) pairs as spf.DNSLookup does.
 
-    A name without such records gives an empty list. A failed query raises spf.TempError.
+    A name without such records gives an empty list. A query with no reply at all raises
+    NameserverUnreachable, and one with an error reply raises spf.TempError.
     """
     lifetime = min(timeout, resolver.lifetime)
     try:
@@ -77,6 +80,7 @@ def _lookup(
         return []
     except dns.exception.DNSException as error:
         logger.debug("lookup of %s %s failed: %s", name, qtype, error)
+        raise_if_unreachable(resolver, f"{name} {qtype}", error)
         raise spf.TempError(f"lookup of {name} {qtype} failed: {error}") from error
     return [((name, qtype), _pyspf_value(qtype, rdata)) for rdata in answer]
 

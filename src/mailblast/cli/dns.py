@@ -13,6 +13,7 @@ from mailblast.cli.exit_codes import EXIT_PROBLEMS_FOUND
 from mailblast.dkimkey import load_local_key
 from mailblast.dnscheck import Finding, Lookups, Status, check_domain, count_status, make_resolver
 from mailblast.errors import MailblastError
+from mailblast.nameserver import NameserverUnreachable
 
 STATUS_STYLES = {Status.OK: "green", Status.WARNING: "yellow", Status.ERROR: "bold red"}
 
@@ -56,12 +57,25 @@ def run_check(arguments: argparse.Namespace) -> int:
     local_key = load_local_key(arguments.dkim_key) if arguments.dkim_key else None
     lookups = Lookups(make_resolver(arguments.nameserver))
     domain = arguments.domain.rstrip(".")
-    findings = check_domain(domain, lookups, arguments.selector, local_key, arguments.relay_ip)
+    try:
+        findings = check_domain(domain, lookups, arguments.selector, local_key, arguments.relay_ip)
+    except NameserverUnreachable as error:
+        # The message already has the lookup and the reason, so no "caused by" line repeats it.
+        raise MailblastError(f"{error}; {unreachable_fix(arguments.nameserver)}") from None
     if arguments.json:
         print(findings_json(domain, findings))
     else:
         print_findings(domain, findings)
     return EXIT_PROBLEMS_FOUND if count_status(findings, Status.ERROR) else 0
+
+
+def unreachable_fix(nameserver: str | None) -> str:
+    if nameserver is None:
+        return "check the nameservers in /etc/resolv.conf, or name one with --nameserver IP[:PORT]"
+    return (
+        f"check that {nameserver} is the address and port of a DNS server that answers,"
+        " or omit --nameserver to use the system's resolver"
+    )
 
 
 def findings_json(domain: str, findings: list[Finding]) -> str:

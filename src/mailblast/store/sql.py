@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Self
 
+from mailblast.compose import message_id_for
 from mailblast.errors import StoreError
 from mailblast.store.base import (
     PROBLEM_TYPES,
@@ -86,6 +87,17 @@ def log_values(campaign_id: int, record: LogRecord) -> tuple[Any, ...]:
         record.duration,
         record.line,
     )
+
+
+def _message_id(campaign_name: str, settings: str, key: str) -> str | None:
+    """Return the Message-ID of the campaign's message for ``key``; None without a From address.
+
+    Message-IDs are not stored, so this derives it from the From domain as the Composer does.
+    """
+    from_address = json.loads(settings).get("from_address")
+    if not from_address:
+        return None
+    return message_id_for(campaign_name, key, str(from_address).rpartition("@")[2].lower())
 
 
 def _load_record(campaign_id: int, row: LoadRow, text: str, kind: str) -> tuple[Any, ...]:
@@ -538,7 +550,9 @@ class SQLStore:
 
     def _log_for_campaign(self, name: str, key: str, record: LogRecord) -> None:
         """Append a record to a campaign's log, tied to its message for that key if any."""
-        campaign = self._execute("SELECT id FROM campaigns WHERE name = ?", (name,)).fetchone()
+        campaign = self._execute(
+            "SELECT id, settings FROM campaigns WHERE name = ?", (name,)
+        ).fetchone()
         if campaign is None:
             return
         message = self._execute(
@@ -546,6 +560,7 @@ class SQLStore:
         ).fetchone()
         if message is not None:
             record.message, record.line = message
+            record.message_id = record.message_id or _message_id(name, campaign[1], key)
         self._execute(LOG_INSERT, log_values(campaign[0], record))
 
     def add_suppressions(self, entries: Sequence[Suppression]) -> int:
