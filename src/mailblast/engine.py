@@ -50,6 +50,12 @@ from mailblast.store.sql import SQLStore
 logger = logging.getLogger("mailblast.engine")
 
 IDLE_SESSION_SECONDS = 5.0
+# On a shared store an idle session holds a connection slot that another run may be waiting for.
+SHARED_IDLE_SESSION_SECONDS = 0.3
+# On a shared store a run claims about what its sessions send in this time, so that the messages
+# it holds do not wait while other runs have free sessions; at least CLAIM_PER_SESSION a session.
+CLAIM_AHEAD_SECONDS = 2.0
+CLAIM_PER_SESSION = 10
 IDLE_CHECK_SECONDS = 2.0  # a session idle this long is checked with NOOP before reuse
 THROTTLED_SLOT_POLL = 0.2
 SHUTDOWN_SECONDS = 30.0
@@ -124,6 +130,7 @@ class Engine:
             store, row.id, self.run_id, campaign.sending.lease, self._db, clock, self.pool.clock
         )
         self._slots: dict[RelayConnection, int] = {}  # connection -> its relay_slots row
+        self._done_samples: deque[int] = deque(maxlen=4)  # final outcomes, once a second
 
     async def _db(self, function: Callable[..., T], *args: Any) -> T:
         """Run a store call on the store's own thread."""
@@ -276,12 +283,29 @@ class Engine:
 
     # Claiming and dispatching
 
-    async def _claimer(self) -> None:
+    def _claim_size(self) -> int:
+        """Messages to claim at once: ``batch_size``, less on a shared store (see CLAIM_AHEAD)."""
         batch = self.campaign.sending.batch_size
+        if not self.limits.shared:
+            return batch
+        relays = [relay.settings for relay in self.pool.relays]
+        sessions = sum(settings.max_connections for settings in relays)
+        samples = self._done_samples
+        per_second = (samples[-1] - samples[0]) / (len(samples) - 1) if len(samples) > 1 else 0
+        size = max(sessions * CLAIM_PER_SESSION, per_second * CLAIM_AHEAD_SECONDS)
+        rates = [settings.rate for settings in relays]
+        if all(rate is not None for rate in rates):
+            # At least one a session, so that sessions pacing a slow rate never sit idle.
+            per_rate = sum(r for r in rates if r is not None) * CLAIM_AHEAD_SECONDS
+            size = min(size, max(sessions, per_rate))
+        return max(1, min(batch, int(size)))
+
+    async def _claimer(self) -> None:
         while not self.stopping.is_set():
             if self.paused:
                 await asyncio.sleep(CONTROL_POLL_SECONDS / 4)
                 continue
+            batch = self._claim_size()
             if len(self._claimed) >= batch * 2:
                 await asyncio.sleep(0.005)
                 continue
@@ -426,7 +450,10 @@ class Engine:
         if not relay.queue.empty():
             # The common case under load; it skips the timeout's timer.
             return relay.queue.get_nowait()
-        timeout = IDLE_SESSION_SECONDS if connection is not None else THROTTLED_SLOT_POLL * 5
+        if connection is not None and self.limits.shared and not self._claimed:
+            return None  # this run holds nothing to send: free the slot for other runs
+        idle = SHARED_IDLE_SESSION_SECONDS if self.limits.shared else IDLE_SESSION_SECONDS
+        timeout = idle if connection is not None else THROTTLED_SLOT_POLL * 5
         try:
             async with asyncio.timeout(timeout):
                 return await relay.queue.get()
@@ -688,6 +715,7 @@ class Engine:
             now = self.clock()
             row = await self._db(self.store.get_campaign, self.campaign.name)
             sent = self.stats.outcomes["sent"]
+            self._done_samples.append(sum(self.stats.outcomes.values()))
             await self._db(self.store.heartbeat, self.run_id, now, sent)
             await self._poll_suppressions()
             lease = self.campaign.sending.lease
