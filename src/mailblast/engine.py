@@ -50,10 +50,11 @@ from mailblast.store.sql import SQLStore
 logger = logging.getLogger("mailblast.engine")
 
 IDLE_SESSION_SECONDS = 5.0
-# On a shared store an idle session holds a connection slot that another run may be waiting for.
+# On a shared store an idle session keeps a connection slot that another run may be waiting for.
 SHARED_IDLE_SESSION_SECONDS = 0.3
-# On a shared store a run claims about what its sessions send in this time, so that the messages
-# it holds do not wait while other runs have free sessions; at least CLAIM_PER_SESSION a session.
+# On a shared store a run claims about what its sessions send in this time. Then the messages it
+# claimed do not wait while other runs have free sessions. A claim is at least CLAIM_PER_SESSION
+# messages for each session.
 CLAIM_AHEAD_SECONDS = 2.0
 CLAIM_PER_SESSION = 10
 IDLE_CHECK_SECONDS = 2.0  # a session idle this long is checked with NOOP before reuse
@@ -130,7 +131,8 @@ class Engine:
             store, row.id, self.run_id, campaign.sending.lease, self._db, clock, self.pool.clock
         )
         self._slots: dict[RelayConnection, int] = {}  # connection -> its relay_slots row
-        self._done_samples: deque[int] = deque(maxlen=4)  # final outcomes, once a second
+        self._claim_call: asyncio.Future[list[ClaimedMessage]] | None = None
+        self._done_samples: deque[int] = deque(maxlen=4)  # this run's outcomes, counted each second
 
     async def _db(self, function: Callable[..., T], *args: Any) -> T:
         """Run a store call on the store's own thread."""
@@ -263,6 +265,7 @@ class Engine:
                 task.cancel()
             await asyncio.wait(stuck)
         await wait_closed(CLOSE_SECONDS)
+        await self._adopt_cancelled_claim()
         unsent = [job.message.id for job in self._claimed.values()]
         try:
             # After a store failure nothing more can be written: the claims stay, and the
@@ -281,10 +284,26 @@ class Engine:
             await asyncio.gather(recorder_task, return_exceptions=True)
             self.executor.shutdown(wait=True)
 
+    async def _adopt_cancelled_claim(self) -> None:
+        """Count as claimed the messages of a claim whose claimer was cancelled while it ran."""
+        claim, self._claim_call = self._claim_call, None
+        if claim is None:
+            return
+        try:
+            claimed = await claim
+        except Exception:
+            return  # a claim that failed claimed nothing; the shutdown goes on
+        for message in claimed:
+            self._claimed[message.id] = Job(message)
+
     # Claiming and dispatching
 
     def _claim_size(self) -> int:
-        """Messages to claim at once: ``batch_size``, less on a shared store (see CLAIM_AHEAD)."""
+        """Return how many messages to claim: ``batch_size``, capped on a shared store.
+
+        The cap is CLAIM_AHEAD_SECONDS of this run's recent sending, and of the relays' rates
+        when every relay has one.
+        """
         batch = self.campaign.sending.batch_size
         if not self.limits.shared:
             return batch
@@ -311,9 +330,13 @@ class Engine:
                 continue
             now = self.clock()
             lease_until = now + self.campaign.sending.lease
-            claimed = await self._db(
-                self.store.claim, self.row.id, self.run_id, now, lease_until, batch
+            # Shielded, so that a claim the store makes while the claimer is cancelled is not
+            # lost: the shutdown adopts it and releases its messages.
+            self._claim_call = asyncio.ensure_future(
+                self._db(self.store.claim, self.row.id, self.run_id, now, lease_until, batch)
             )
+            claimed = await asyncio.shield(self._claim_call)
+            self._claim_call = None
             for message in claimed:
                 job = Job(message)
                 self._claimed[message.id] = job

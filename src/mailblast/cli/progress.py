@@ -97,7 +97,7 @@ def _done(counts: dict[str, int]) -> int:
 def _fleet_line(
     stats: RunStats, counts: dict[str, int], total: int, done_before: int, elapsed: float
 ) -> str:
-    """The campaign's progress over all its runs, from the store's counts, and this run's share."""
+    """Describe the campaign's progress over all its runs from the store's counts."""
     done = _done(counts)
     rate = (done - done_before) / elapsed if elapsed > 0 else 0.0
     remaining = max(0, total - done)
