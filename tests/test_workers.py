@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
@@ -15,8 +16,10 @@ import pytest
 from conftest import person_rows, relay_block, write_campaign, write_list
 from mailblast import blast, worker
 from mailblast.cli.main import main
+from mailblast.cli.progress import _fleet_line
 from mailblast.cli.status import describe_run
 from mailblast.config import load_campaign
+from mailblast.engine import RunStats
 from mailblast.sink import ThreadedSink
 from mailblast.store import open_store
 
@@ -146,6 +149,37 @@ def test_status_line_of_worker() -> None:
     run = {"id": "h:1:ab", "host": "h", "pid": 1, "started_at": 100.0, "heartbeat_at": 110.0}
     line = describe_run({**run, "sent": 5000}, now=112.0)
     assert line == "worker h:1:ab on h (pid 1): 5000 sent, 500 msg/s, last heartbeat 2s ago"
+
+
+def test_progress_line_of_shared_store() -> None:
+    stats = RunStats()
+    stats.outcomes["sent"] = 40
+    counts = {"sent": 3000, "queued": 2900, "failed": 100}
+    line = _fleet_line(stats, counts, total=6000, done_before=1000, elapsed=10.0)
+    assert line.startswith("3100/6000 final (all runs), sent 3000, deferred 0, bounced 0,")
+    assert line.endswith("failed 100, 210 msg/s, ETA 13.8s, this run sent 40")
+
+
+def test_workers_leave_no_idle_gap(
+    tmp_path: Path, start_sink: Callable[..., ThreadedSink], postgres_url: str
+) -> None:
+    """Idle sessions give their connection slots back, so no run waits seconds for one."""
+    sink = start_sink()
+    relays = [relay_block("sink", sink.port, max_connections=2)]
+    name = load_campaign_into(tmp_path, postgres_url, relays, 600, "batch_size = 50\n")
+    logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+
+    workers = [start_worker(postgres_url, name, log) for log in logs]
+    finish(workers, logs, timeout=120)
+
+    assert sink.stats.messages == 600
+    assert sink.stats.max_concurrent_connections <= 2
+    with open_store(postgres_url) as store:
+        row = store.get_campaign(name)
+        assert row is not None
+        times = sorted(r["time"] for r in store.iter_log(row.id) if r["type"] == "sent")
+    # Before, a run's idle sessions kept the slots for IDLE_SESSION_SECONDS (5 s) each time.
+    assert max(b - a for a, b in itertools.pairwise(times)) < 3.0
 
 
 @pytest.mark.slow

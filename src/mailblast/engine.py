@@ -50,6 +50,13 @@ from mailblast.store.sql import SQLStore
 logger = logging.getLogger("mailblast.engine")
 
 IDLE_SESSION_SECONDS = 5.0
+# On a shared store an idle session keeps a connection slot that another run may be waiting for.
+SHARED_IDLE_SESSION_SECONDS = 0.3
+# On a shared store a run claims about what its sessions send in this time. Then the messages it
+# claimed do not wait while other runs have free sessions. A claim is at least CLAIM_PER_SESSION
+# messages for each session.
+CLAIM_AHEAD_SECONDS = 2.0
+CLAIM_PER_SESSION = 10
 IDLE_CHECK_SECONDS = 2.0  # a session idle this long is checked with NOOP before reuse
 THROTTLED_SLOT_POLL = 0.2
 SHUTDOWN_SECONDS = 30.0
@@ -124,6 +131,8 @@ class Engine:
             store, row.id, self.run_id, campaign.sending.lease, self._db, clock, self.pool.clock
         )
         self._slots: dict[RelayConnection, int] = {}  # connection -> its relay_slots row
+        self._claim_call: asyncio.Future[list[ClaimedMessage]] | None = None
+        self._done_samples: deque[int] = deque(maxlen=4)  # this run's outcomes, counted each second
 
     async def _db(self, function: Callable[..., T], *args: Any) -> T:
         """Run a store call on the store's own thread."""
@@ -256,6 +265,7 @@ class Engine:
                 task.cancel()
             await asyncio.wait(stuck)
         await wait_closed(CLOSE_SECONDS)
+        await self._adopt_cancelled_claim()
         unsent = [job.message.id for job in self._claimed.values()]
         try:
             # After a store failure nothing more can be written: the claims stay, and the
@@ -274,22 +284,59 @@ class Engine:
             await asyncio.gather(recorder_task, return_exceptions=True)
             self.executor.shutdown(wait=True)
 
+    async def _adopt_cancelled_claim(self) -> None:
+        """Count as claimed the messages of a claim whose claimer was cancelled while it ran."""
+        claim, self._claim_call = self._claim_call, None
+        if claim is None:
+            return
+        try:
+            claimed = await claim
+        except Exception:
+            return  # a claim that failed claimed nothing; the shutdown goes on
+        for message in claimed:
+            self._claimed[message.id] = Job(message)
+
     # Claiming and dispatching
 
-    async def _claimer(self) -> None:
+    def _claim_size(self) -> int:
+        """Return how many messages to claim: ``batch_size``, capped on a shared store.
+
+        The cap is CLAIM_AHEAD_SECONDS of this run's recent sending, and of the relays' rates
+        when every relay has one.
+        """
         batch = self.campaign.sending.batch_size
+        if not self.limits.shared:
+            return batch
+        relays = [relay.settings for relay in self.pool.relays]
+        sessions = sum(settings.max_connections for settings in relays)
+        samples = self._done_samples
+        per_second = (samples[-1] - samples[0]) / (len(samples) - 1) if len(samples) > 1 else 0
+        size = max(sessions * CLAIM_PER_SESSION, per_second * CLAIM_AHEAD_SECONDS)
+        rates = [settings.rate for settings in relays]
+        if all(rate is not None for rate in rates):
+            # At least one a session, so that sessions pacing a slow rate never sit idle.
+            per_rate = sum(r for r in rates if r is not None) * CLAIM_AHEAD_SECONDS
+            size = min(size, max(sessions, per_rate))
+        return max(1, min(batch, int(size)))
+
+    async def _claimer(self) -> None:
         while not self.stopping.is_set():
             if self.paused:
                 await asyncio.sleep(CONTROL_POLL_SECONDS / 4)
                 continue
+            batch = self._claim_size()
             if len(self._claimed) >= batch * 2:
                 await asyncio.sleep(0.005)
                 continue
             now = self.clock()
             lease_until = now + self.campaign.sending.lease
-            claimed = await self._db(
-                self.store.claim, self.row.id, self.run_id, now, lease_until, batch
+            # Shielded, so that a claim the store makes while the claimer is cancelled is not
+            # lost: the shutdown adopts it and releases its messages.
+            self._claim_call = asyncio.ensure_future(
+                self._db(self.store.claim, self.row.id, self.run_id, now, lease_until, batch)
             )
+            claimed = await asyncio.shield(self._claim_call)
+            self._claim_call = None
             for message in claimed:
                 job = Job(message)
                 self._claimed[message.id] = job
@@ -426,7 +473,10 @@ class Engine:
         if not relay.queue.empty():
             # The common case under load; it skips the timeout's timer.
             return relay.queue.get_nowait()
-        timeout = IDLE_SESSION_SECONDS if connection is not None else THROTTLED_SLOT_POLL * 5
+        if connection is not None and self.limits.shared and not self._claimed:
+            return None  # this run holds nothing to send: free the slot for other runs
+        idle = SHARED_IDLE_SESSION_SECONDS if self.limits.shared else IDLE_SESSION_SECONDS
+        timeout = idle if connection is not None else THROTTLED_SLOT_POLL * 5
         try:
             async with asyncio.timeout(timeout):
                 return await relay.queue.get()
@@ -688,6 +738,7 @@ class Engine:
             now = self.clock()
             row = await self._db(self.store.get_campaign, self.campaign.name)
             sent = self.stats.outcomes["sent"]
+            self._done_samples.append(sum(self.stats.outcomes.values()))
             await self._db(self.store.heartbeat, self.run_id, now, sent)
             await self._poll_suppressions()
             lease = self.campaign.sending.lease

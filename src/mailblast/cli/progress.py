@@ -30,6 +30,7 @@ logger = logging.getLogger("mailblast.engine")
 STDERR = Console(stderr=True)
 REFRESH_INTERVAL = 0.5
 LOG_INTERVAL = 10.0
+FLEET_COUNTS_INTERVAL = 2.0  # how often a run on a shared store reads the campaign's counts
 DONE_STATES = FINAL_STATES | {"unknown"}
 
 
@@ -51,11 +52,14 @@ class ProgressDisplay:
             self.progress = None
 
     async def _follow(self, engine: Engine) -> None:
+        self.name = engine.campaign.name  # a worker started without --campaign learns it here
         counts = await engine._db(engine.store.counts, engine.row.id)
         total = sum(counts.values())
-        done_before = sum(n for state, n in counts.items() if state in DONE_STATES)
+        done_before = _done(counts)
+        # On a shared store other runs send the same campaign: show the campaign's counts.
+        fleet = engine.store.shared
         started = time.monotonic()
-        last_log = started
+        last_log = last_counts = started
         bar_task = None
         if self.interactive and total:
             self.progress = Progress(
@@ -69,13 +73,40 @@ class ProgressDisplay:
             bar_task = self.progress.add_task(self.name, total=total, detail="")
         while not engine.stopping.is_set():
             await asyncio.sleep(REFRESH_INTERVAL)
-            line = _status_line(engine.stats, total, done_before, time.monotonic() - started)
-            if self.progress is not None and bar_task is not None:
+            now = time.monotonic()
+            if fleet and now - last_counts >= FLEET_COUNTS_INTERVAL:
+                counts = await engine._db(engine.store.counts, engine.row.id)
+                last_counts = now
+            if fleet:
+                done = _done(counts)
+                line = _fleet_line(engine.stats, counts, total, done_before, now - started)
+            else:
                 done = done_before + sum(engine.stats.outcomes[s] for s in DONE_STATES)
+                line = _status_line(engine.stats, total, done_before, now - started)
+            if self.progress is not None and bar_task is not None:
                 self.progress.update(bar_task, completed=done, detail=line)
-            elif time.monotonic() - last_log >= LOG_INTERVAL:
+            elif now - last_log >= LOG_INTERVAL:
                 logger.info("campaign %s: %s", self.name, line)
-                last_log = time.monotonic()
+                last_log = now
+
+
+def _done(counts: dict[str, int]) -> int:
+    return sum(n for state, n in counts.items() if state in DONE_STATES)
+
+
+def _fleet_line(
+    stats: RunStats, counts: dict[str, int], total: int, done_before: int, elapsed: float
+) -> str:
+    """Describe the campaign's progress over all its runs from the store's counts."""
+    done = _done(counts)
+    rate = (done - done_before) / elapsed if elapsed > 0 else 0.0
+    remaining = max(0, total - done)
+    eta = format_duration(remaining / rate) if rate > 0 and remaining else "-"
+    parts = [f"{done}/{total} final (all runs)"]
+    parts += [f"{state} {counts.get(state, 0)}" for state in ("sent", "deferred", "bounced")]
+    parts += [f"failed {counts.get('failed', 0)}", f"{rate:.0f} msg/s", f"ETA {eta}"]
+    parts.append(f"this run sent {stats.outcomes['sent']}")
+    return ", ".join(parts)
 
 
 def _status_line(stats: RunStats, total: int, done_before: int, elapsed: float) -> str:
