@@ -30,6 +30,7 @@ from mailblast.dnscheck import (
     Lookups,
     Status,
     check_dkim,
+    check_dmarc,
     check_domain,
     make_resolver,
 )
@@ -186,6 +187,18 @@ def test_dmarc_policy_none_warning(server: LocalDnsServer, rsa_key_file: Path) -
 
     assert finding.status is Status.WARNING
     assert "p=quarantine or p=reject" in finding.fix
+
+
+def test_dmarc_of_organizational_domain(server: LocalDnsServer) -> None:
+    # mail.example.co.uk has no record of its own; its organizational domain is example.co.uk,
+    # below the two-label public suffix co.uk, which is never asked.
+    server.records.add("_dmarc.example.co.uk", "TXT", '"v=DMARC1; p=reject"')
+    server.records.add("_dmarc.co.uk", "TXT", '"v=DMARC1; p=none"')
+    lookups = Lookups(make_resolver(server.nameserver))
+
+    findings = check_dmarc("mail.example.co.uk", lookups)
+
+    assert [(f.subject, f.status) for f in findings] == [("_dmarc.example.co.uk", Status.OK)]
 
 
 def test_spf_without_relay_ip_error(server: LocalDnsServer, rsa_key_file: Path) -> None:

@@ -19,6 +19,7 @@ import dns.resolver
 import dns.reversename
 import spf  # pyspf
 
+from mailblast.alignment import organizational_domain
 from mailblast.dkimkey import LocalDkimKey, keys_equal, published_key
 from mailblast.errors import MailblastError
 from mailblast.nameserver import raise_if_unreachable
@@ -256,18 +257,18 @@ def _dkim_record_finding(
 
 
 def check_dmarc(domain: str, lookups: Lookups) -> list[Finding]:
-    # NOTE: the policy of the organizational domain is found by walking up the labels, not
-    # from the public suffix list, so for a name under a multi-label suffix (example.co.uk)
-    # the suffix itself is queried too.
-    labels = domain.rstrip(".").split(".")
-    for start in range(len(labels) - 1):
-        name = "_dmarc." + ".".join(labels[start:])
+    # RFC 7489 section 6.6.3: the domain's own record, else its organizational domain's, which
+    # the public suffix list gives (example.co.uk for mail.example.co.uk).
+    name = domain.rstrip(".").lower()
+    for owner in dict.fromkeys((name, organizational_domain(name))):
+        record_name = f"_dmarc.{owner}"
         try:
-            records = [r for r in lookups(name, "TXT") if r.lower().startswith("v=dmarc1")]
+            texts = lookups(record_name, "TXT")
         except DnsLookupError as error:
-            return [Finding("DMARC", name, Status.ERROR, str(error), NAMESERVER_FIX)]
+            return [Finding("DMARC", record_name, Status.ERROR, str(error), NAMESERVER_FIX)]
+        records = [r for r in texts if r.lower().startswith("v=dmarc1")]
         if records:
-            return [_dmarc_finding(name, records)]
+            return [_dmarc_finding(record_name, records)]
     fix = f'publish _dmarc.{domain} TXT "v=DMARC1; p=quarantine; rua=mailto:dmarc@{domain}"'
     return [Finding("DMARC", f"_dmarc.{domain}", Status.ERROR, "no DMARC record", fix)]
 
