@@ -29,7 +29,7 @@ from mailblast.config import Campaign
 from mailblast.dkim import DkimSigner
 from mailblast.errors import TemplateError
 from mailblast.render import CompiledTemplates, Rendered
-from mailblast.unsubscribe import ONE_CLICK, UnsubscribeLinks
+from mailblast.unsubscribe import ONE_CLICK, RecipientLinks, UnsubscribeLinks
 
 CRLF = b"\r\n"
 MAX_LINE = 78  # RFC 5322 section 2.1.1: lines SHOULD be at most 78 characters
@@ -135,7 +135,8 @@ class Composer:
         utf8 = smtputf8 or not address.isascii()
         message_id = message_id_for(self._campaign.name, message_key, self._message_id_domain)
         envelope_sender = _envelope_sender(self._campaign.envelope_sender, token)
-        extra = _builtin_values(self._campaign, address, message_id, self._unsubscribe)
+        links = self._unsubscribe.for_recipient(address) if self._unsubscribe else None
+        extra = _builtin_values(self._campaign, address, message_id, links)
         rendered = self._templates.render(fields, extra)
 
         data = b"".join(
@@ -146,7 +147,7 @@ class Composer:
                 self._date(timestamp),
                 b"Message-ID: " + message_id.encode("ascii") + CRLF,
                 self._reply_to,
-                self._list_unsubscribe(address),
+                _list_unsubscribe(links),
                 b"MIME-Version: 1.0\r\n",
                 self._content(rendered),
             )
@@ -154,11 +155,6 @@ class Composer:
         if self._dkim is not None:
             data = self._dkim.sign(data, timestamp)
         return Composed(data, message_id, envelope_sender, address, utf8)
-
-    def _list_unsubscribe(self, address: str) -> bytes:
-        if self._unsubscribe is None:
-            return b""
-        return encode_list_unsubscribe(self._unsubscribe.header_value(address)) + _ONE_CLICK_LINE
 
     def _date(self, second: int) -> bytes:
         # The Date line changes once a second, so one formatting serves a whole batch.
@@ -267,12 +263,18 @@ def _envelope_sender(template: str, token: str) -> str:
 
 
 def _builtin_values(
-    campaign: Campaign, address: str, message_id: str, unsubscribe: UnsubscribeLinks | None
+    campaign: Campaign, address: str, message_id: str, links: RecipientLinks | None
 ) -> dict[str, str]:
     values = {"email": address, "campaign": campaign.name, "message_id": message_id}
-    if unsubscribe is not None:
-        values["unsubscribe_url"] = unsubscribe.url(address)
+    if links is not None:
+        values["unsubscribe_url"] = links.url
     return values
+
+
+def _list_unsubscribe(links: RecipientLinks | None) -> bytes:
+    if links is None:
+        return b""
+    return encode_list_unsubscribe(links.header) + _ONE_CLICK_LINE
 
 
 def _require_no_unsubscribe_url(templates: CompiledTemplates) -> None:
@@ -467,7 +469,8 @@ def compose_slow(
     """
     utf8 = smtputf8 or not address.isascii()
     message_id = message_id_for(campaign.name, message_key, hostname or campaign.from_domain)
-    extra = _builtin_values(campaign, address, message_id, unsubscribe)
+    links = unsubscribe.for_recipient(address) if unsubscribe else None
+    extra = _builtin_values(campaign, address, message_id, links)
     rendered = templates.render(fields, extra)
     timestamp = int(time.time() if now is None else now)
 
@@ -483,8 +486,8 @@ def compose_slow(
     message["Message-ID"] = message_id
     if campaign.reply_to:
         message["Reply-To"] = campaign.reply_to
-    if unsubscribe is not None:
-        message["List-Unsubscribe"] = unsubscribe.header_value(address)
+    if links is not None:
+        message["List-Unsubscribe"] = links.header
         message["List-Unsubscribe-Post"] = ONE_CLICK
     message["MIME-Version"] = "1.0"
     _set_slow_content(message, rendered)

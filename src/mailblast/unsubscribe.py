@@ -74,25 +74,33 @@ class UnsubscribeLinks:
         self._secret = secret
         self._separator = "&" if "?" in settings.url else "?"
 
-    def token(self, address: str) -> str:
-        return make_token(self._secret, self.campaign, address)
+    def for_recipient(self, address: str) -> RecipientLinks:
+        """Return one recipient's URL and List-Unsubscribe value, from a single token."""
+        token = make_token(self._secret, self.campaign, address)
+        url = f"{self.settings.url}{self._separator}token={token}"
+        # The mailto: carries the token in its subject, so a reply to it can be verified the
+        # same way as a click. Both are URIs in angle brackets, as RFC 2369 section 2 requires.
+        header = f"<{url}>"
+        if self.settings.mailto:
+            subject = quote(f"unsubscribe {token}", safe="")
+            header += f", <mailto:{self.settings.mailto}?subject={subject}>"
+        return RecipientLinks(url, header)
 
     def url(self, address: str) -> str:
         """Return the https URL for one recipient; the value of the template variable too."""
-        return f"{self.settings.url}{self._separator}token={self.token(address)}"
+        return self.for_recipient(address).url
 
     def header_value(self, address: str) -> str:
-        """Return the List-Unsubscribe value: the https URL, then the mailto: when configured.
+        """Return the List-Unsubscribe value: the https URL, then the mailto: when configured."""
+        return self.for_recipient(address).header
 
-        The mailto: carries the token in its subject, so a reply to it can be verified the same
-        way as a click. Both are URIs in angle brackets, as RFC 2369 section 2 requires.
-        """
-        token = self.token(address)
-        value = f"<{self.settings.url}{self._separator}token={token}>"
-        if self.settings.mailto:
-            subject = quote(f"unsubscribe {token}", safe="")
-            value += f", <mailto:{self.settings.mailto}?subject={subject}>"
-        return value
+
+@dataclass(frozen=True, slots=True)
+class RecipientLinks:
+    """One recipient's unsubscribe URL and List-Unsubscribe header value."""
+
+    url: str
+    header: str
 
 
 def _mac(secret: bytes, payload: bytes) -> bytes:
