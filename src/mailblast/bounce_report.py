@@ -170,7 +170,7 @@ def classify_failure(
 ) -> BounceClass:
     """Classify one failed recipient from its status, reply code, diagnostic text and command.
 
-    ``command`` is the SMTP step that the remote server rejected, when the bounce says so.
+    ``command`` is the SMTP step that the remote server rejected, when the bounce names it.
     """
     text = " ".join(text.split())
     if action.lower().startswith("delay"):
@@ -216,7 +216,7 @@ def _status_class(status: str, code: int | None, text: str) -> BounceClass:
     scope = classify(Command.RCPT, code or 550, f"{status} {text}").scope
     if scope is Scope.RECIPIENT:
         # Other recipient statuses (5.2.1 mailbox disabled, 5.1.0) are hard only with a text
-        # that says the address does not exist.
+        # stating that the address does not exist.
         return BounceClass.HARD if HARD_TEXT.search(text) else BounceClass.SOFT
     if scope in (Scope.SENDER, Scope.RELAY):
         return BounceClass.BLOCK

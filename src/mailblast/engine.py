@@ -474,7 +474,7 @@ class Engine:
             # The common case under load; it skips the timeout's timer.
             return relay.queue.get_nowait()
         if connection is not None and self.limits.shared and not self._claimed:
-            return None  # this run holds nothing to send: free the slot for other runs
+            return None  # this run has nothing claimed, so the slot goes back to other runs
         idle = SHARED_IDLE_SESSION_SECONDS if self.limits.shared else IDLE_SESSION_SECONDS
         timeout = idle if connection is not None else THROTTLED_SLOT_POLL * 5
         try:

@@ -1,7 +1,7 @@
 """Tell an unreachable nameserver apart from a failed lookup of one name.
 
 A lookup that times out, or whose every try failed without a reply (connection refused on TCP),
-means the nameserver itself is not answering, so every further check would fail the same way.
+means the nameserver itself is not responding, so every further check would fail the same way.
 A reply with an error code, such as SERVFAIL for one name, is a finding about that name.
 """
 

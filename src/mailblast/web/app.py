@@ -54,10 +54,10 @@ class StoreAccess:
 
 @dataclass(frozen=True)
 class ServeContext:
-    """What the route handlers share: the store and the secrets read at start-up."""
+    """State shared by the route handlers: the store and the secrets read at start-up."""
 
     store: StoreAccess
-    unsubscribe_secret: bytes | None  # None: the unsubscribe path answers 503
+    unsubscribe_secret: bytes | None  # None: the unsubscribe path returns 503
     control_token: str | None  # None: the dashboard is read-only
     unsubscribe_path: str = "/unsubscribe"  # the path of the campaigns' [unsubscribe] url
 

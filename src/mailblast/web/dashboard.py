@@ -3,7 +3,7 @@
 ``GET /`` returns one HTML page with its script and styles inline, and the page polls
 ``GET /api/dashboard`` for the figures. Pause, resume and cancel are ``POST
 /api/campaigns/{name}/{action}`` with the control token in the ``X-Mailblast-Token`` header.
-They answer 403 without a matching token or when none is configured, 404 for an unknown
+They return 403 without a matching token or when none is configured, 404 for an unknown
 campaign or action, and 409 when the campaign's status does not allow the action.
 """
 

@@ -7,7 +7,8 @@ shows a page whose button sends that same POST, because mail scanners follow lin
 A token that fails verification gets 400 and changes nothing. A replayed token gets 200 and
 changes nothing more, because the store keeps the first entry.
 
-Without a secret the path answers 503, so a misconfigured server is told apart from a wrong URL.
+Without a secret the path returns 503, so a misconfigured server can be distinguished from a
+wrong URL.
 Logs name the campaign and a masked address, never the token or the secret.
 """
 
