@@ -73,6 +73,11 @@ _QUOTED_HEADER = re.compile(
     re.I,
 )
 _ADDRESS = re.compile(r"[\w.+=-]+@[\w-]+(?:\.[\w-]+)+")
+# The au (KDDI) mail servers refuse an unknown address at RCPT with "550 <address>: User
+# unknown", but a message that the recipient's domain filter refuses at the end of DATA with
+# "550 : User unknown", the address left out. Only the second shape is read as a DATA rejection.
+_KDDI_DOMAINS = re.compile(r"(^|\.)(ezweb\.ne\.jp|au\.com)$")
+_KDDI_FILTER_REPLY = re.compile(r"(?<!\d)550 : User unknown", re.I)
 
 
 class BounceClass(StrEnum):
@@ -167,6 +172,7 @@ def classify_failure(
     text: str,
     action: str = "",
     command: Command | None = None,
+    recipient: str = "",
 ) -> BounceClass:
     """Classify one failed recipient from its status, reply code, diagnostic text and command.
 
@@ -175,6 +181,8 @@ def classify_failure(
     text = " ".join(text.split())
     if action.lower().startswith("delay"):
         return BounceClass.SOFT
+    if command is None and _is_kddi_filter_reply(recipient, text):
+        command = Command.DATA
     # A server that rejects at DATA with "user unknown" but no address status (5.1.x) is
     # usually a content or domain filter: it accepted the recipient at RCPT.
     if command is not None and command is not Command.RCPT and status not in _HARD_STATUSES:
@@ -192,6 +200,11 @@ def classify_failure(
     if HARD_TEXT.search(text):
         return BounceClass.HARD
     return BounceClass.SOFT
+
+
+def _is_kddi_filter_reply(recipient: str, text: str) -> bool:
+    domain = recipient.rpartition("@")[2].lower()
+    return bool(_KDDI_DOMAINS.search(domain) and _KDDI_FILTER_REPLY.search(text))
 
 
 def _after_rcpt_class(command: Command, text: str) -> BounceClass:
@@ -295,7 +308,7 @@ def _dsn_failure(block: Message, text: str, *, single: bool) -> Failure | None:
         # A local delivery program failed (procmail, a filter): no verdict on the address.
         return Failure(recipient, BounceClass.SOFT, original, "failed", status, code, diagnostic)
     command = _command_for(text, recipient, single=single)
-    bounce_class = classify_failure(status, code, diagnostic, action, command)
+    bounce_class = classify_failure(status, code, diagnostic, action, command, recipient)
     return Failure(recipient, bounce_class, original, action.split()[0], status, code, diagnostic)
 
 
@@ -332,7 +345,7 @@ def _heuristic_failures(message: Message) -> list[Failure]:
             diagnostic = " ".join(text.split())[:2000]
         status, code = _status_in(diagnostic), _code_in(diagnostic)
         command = _command_for(text, mention, single=len(found) == 1)
-        bounce_class = classify_failure(status, code, diagnostic, action, command)
+        bounce_class = classify_failure(status, code, diagnostic, action, command, address)
         failures.append(Failure(address, bounce_class, None, action, status, code, diagnostic))
     return _with_listed_alias(failures, text)
 
@@ -389,7 +402,7 @@ def _text_failures(message: Message, original: Message | None) -> list[Failure]:
         status, code = _status_in(diagnostic), _code_in(diagnostic)
         single = len(addresses) == 1
         command = _command_for(text if single else diagnostic, address, single=single)
-        bounce_class = classify_failure(status, code, diagnostic, "failed", command)
+        bounce_class = classify_failure(status, code, diagnostic, "failed", command, address)
         failures.append(Failure(address, bounce_class, None, "failed", status, code, diagnostic))
     return failures
 
