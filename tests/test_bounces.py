@@ -99,6 +99,24 @@ def test_kddi_filter_reply(recipient: str, text: str, expected: str) -> None:
     assert classify_failure("5.0.0", 550, text, "failed", None, recipient) == BounceClass(expected)
 
 
+def test_dragonfly_bounces_name_their_recipient() -> None:
+    # DragonFly Mail Agent repeats the failed address in X-Original-To, a header that other
+    # MTAs use for the bounce's own recipient.
+    files = sorted(CORPUS.glob("maildir/lhost-dragonfly-*.eml"))
+    classes = {}
+    for path in files:
+        report = read_corpus_report(path)
+        assert report.kind is ReportKind.BOUNCE, path.name
+        [failure] = report.failures
+        assert f"error delivering your mail to <{failure.recipient}>" in path.read_text()
+        classes[failure.recipient.partition("@")[0]] = failure.bounce_class
+    assert len(files) == 15
+    assert classes["hostunknown"] is BounceClass.HARD
+    assert classes["authfailure"] is BounceClass.BLOCK
+    assert classes["suspend"] is BounceClass.SOFT  # 5.7.13: the recipient's account is disabled
+    assert classes["mailererror"] is BounceClass.SOFT  # 5.3.0 "Recipient address rejected: ..."
+
+
 def test_delayed_action_is_soft() -> None:
     assert classify_failure("5.1.1", 550, "User unknown", "delayed") is BounceClass.SOFT
 

@@ -20,6 +20,7 @@ CASES = [
     (Command.RCPT, 554, "5.7.1 <x@example.net>: Relay access denied", Scope.RELAY, "deferred"),
     (Command.RCPT, 550, "5.7.1 Message refused by policy", Scope.SENDER, "deferred"),
     (Command.RCPT, 553, "5.1.8 Sender domain does not exist", Scope.SENDER, "deferred"),
+    (Command.RCPT, 525, "5.7.13 User account disabled", Scope.RECIPIENT, "bounced"),
     (Command.MAIL, 553, "5.1.7 Bad sender address syntax", Scope.SENDER, "deferred"),
     (Command.MAIL, 550, "5.7.1 Client host blocked", Scope.SENDER, "deferred"),
     (Command.RCPT, 451, "4.7.1 Try again later", Scope.TEMPORARY, "deferred"),

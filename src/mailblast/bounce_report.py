@@ -40,6 +40,7 @@ from mailblast.bounce_text import (
     has_signal,
     inline_copy,
     listed_recipients,
+    named_failures,
     notification_text,
     paragraph_near,
     rejected_command,
@@ -384,11 +385,13 @@ def _text_failures(message: Message, original: Message | None) -> list[Failure]:
     """Find failed recipients in the text of a bounce that neither DSN nor flufl.bounce parse.
 
     Every address in the notification text counts, except the bounce's own sender and
-    recipients. When the text names none, the To addresses of the returned message count.
+    recipients. An address that the text names as the failed one counts even then, since
+    DragonFly Mail Agent repeats it in X-Original-To. When the text names none, the To
+    addresses of the returned message count.
     """
     text = notification_text(message)
     own = {a.lower() for _, a in getaddresses(_own_address_fields(message))}
-    senders = own | _quoted_sender_addresses(text)
+    senders = (own | _quoted_sender_addresses(text)) - set(named_failures(text))
     found = [a.lower() for a in _ADDRESS.findall(text)]
     addresses = [a for a in dict.fromkeys(found) if a not in senders and not _DAEMON_FROM.match(a)]
     if not addresses and original is not None:

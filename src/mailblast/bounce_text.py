@@ -74,7 +74,7 @@ HARD_TEXT = re.compile(
     r"undeliverable address|does not have an? (account|mailbox)|no account|"
     r"not have a mailbox|email account that you tried to reach does not exist|"
     r"address (is )?(not|no longer) (valid|in use)|recipient (rejected|not recogni[sz]ed)|"
-    r"address rejected|no valid recipients|user not exist|invalid .{0,20}userid|"
+    r"(?<!recipient )address rejected|no valid recipients|user not exist|invalid .{0,20}userid|"
     r"domain is not reachable|illegal (host|domain)|couldn't find a mail exchanger|"
     r"address couldn't be found|not listed in (the )?"
     r"(domino directory|public name)|"
@@ -106,6 +106,10 @@ _FAILED_LIST_HEADING = re.compile(
     re.I,
 )
 _ADDRESS_LINE = re.compile(r"^\s*<?([\w.+=-]+@[\w-]+(?:\.[\w-]+)+)>?\s*$")
+# A sentence naming the address whose delivery failed, as DragonFly Mail Agent writes it.
+_NAMED_FAILURE = re.compile(
+    r"error delivering your (?:mail|message) to\s+<?([\w.+=-]+@[\w-]+(?:\.[\w-]+)+)>?", re.I
+)
 _MAX_DIAGNOSTIC_LINES = 8
 _LEADING_ADDRESS = re.compile(r"^\s*[\"<*]?\s*([\w.+=-]+@[\w-]+(?:\.[\w-]+)+)")
 _STATUS = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b|(?<![\d.])[45]\d\d(?:[ -]|$)")
@@ -194,6 +198,11 @@ def listed_recipients(text: str) -> list[str]:
         elif line.strip() and not line[:1].isspace():
             in_list = False
     return list(dict.fromkeys(found))
+
+
+def named_failures(text: str) -> list[str]:
+    """Return the addresses that a sentence of ``text`` names as the ones a delivery failed for."""
+    return list(dict.fromkeys(address.lower() for address in _NAMED_FAILURE.findall(text)))
 
 
 def inline_copy(message: Message) -> str | None:

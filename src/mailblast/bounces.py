@@ -132,9 +132,10 @@ class BounceProcessor:
                 unmatched.append(failure.recipient)
                 continue
             self._apply(failure, found, report, fingerprint)
-        if unmatched or not failures:
-            names = ", ".join(unmatched) or "no recipient found"
-            self._review(stored, f"no message in the store for: {names}")
+        if unmatched:
+            self._review(stored, f"no message in the store for: {', '.join(unmatched)}")
+        elif not failures:
+            self._review(stored, "a bounce that names no failed recipient")
 
     def _match(
         self, failure: Failure, verp: MessageRef | None, report: Report, message: Message
@@ -176,7 +177,7 @@ class BounceProcessor:
         self.summary.counts[outcome] += 1
 
         if outcome == "block":
-            self.summary.blocks.append(f"{target.address}: {failure.diagnostic[:200]}")
+            self.summary.blocks.append(f"{target.address}: {_shorten(failure.diagnostic, 200)}")
             log.warning("sender or policy block for %s: %s", target.address, failure.diagnostic)
         if outcome == "soft" and self._soft_limit_reached(target.key):
             self._suppress(target, SUPPRESSION_REASONS[BounceClass.SOFT], now)
@@ -272,3 +273,10 @@ def _original_message_id(report: Report) -> str | None:
     if report.original is None or not report.original.get("Message-ID"):
         return None
     return str(report.original["Message-ID"]).strip()
+
+
+def _shorten(text: str, limit: int) -> str:
+    """Return ``text`` cut at the last space before ``limit`` characters, marked with "..."."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + " ..."

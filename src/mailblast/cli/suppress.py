@@ -201,7 +201,7 @@ def run_remove(arguments: argparse.Namespace) -> int:
         if count > 1 and not _confirmed(arguments, f"remove {count} entries for {where}?"):
             return 1
         removed = store.remove_suppressions(scope, None, arguments.reason)
-    print(f"removed {removed} entries for {where}")
+    print(f"removed {removed} {'entry' if removed == 1 else 'entries'} for {where}")
     return 0
 
 

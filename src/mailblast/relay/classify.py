@@ -71,6 +71,9 @@ _AUTH_CODES = frozenset({530, 534, 535, 538})
 _SESSION_COMMANDS = frozenset({Command.CONNECT, Command.EHLO, Command.STARTTLS, Command.AUTH})
 _SENDER_STATUSES = frozenset({"5.1.7", "5.1.8"})
 _SOFT_STATUSES = frozenset({"5.2.2"})
+# X.7.13 "user account disabled" (RFC 4954) is about the client's own account at AUTH, but at
+# RCPT receivers use it for a disabled recipient account, which says nothing of the sender.
+_RECIPIENT_POLICY_STATUSES = frozenset({"5.7.13"})
 _RELAY_DENIED = re.compile(r"relay(ing)?\s+(access\s+)?(denied|not permitted|prohibited)", re.I)
 
 
@@ -140,6 +143,6 @@ def _rcpt_scope(code: int, status: str | None, text: str) -> Scope:
         return Scope.SENDER
     if code == S552_EXCEEDED_STORAGE or status in _SOFT_STATUSES:
         return Scope.TEMPORARY
-    if status and status.startswith("5.7."):
+    if status and status.startswith("5.7.") and status not in _RECIPIENT_POLICY_STATUSES:
         return Scope.SENDER
     return Scope.RECIPIENT
