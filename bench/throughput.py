@@ -395,7 +395,10 @@ def write_reference_message(campaign_file: Path, workdir: Path) -> bytes:
     ``smtp-source -F``, which appends CRLF to each line it reads.
     """
     campaign = load_campaign(campaign_file)
-    rendered = sorted((preview(campaign, row) for row in range(1, PREVIEW_ROWS + 1)), key=len)
+    # smtp-sink offers 8BITMIME, so the relays get non-ASCII parts in 8bit.
+    rendered = sorted(
+        (preview(campaign, row, eight_bit=True) for row in range(1, PREVIEW_ROWS + 1)), key=len
+    )
     message = rendered[len(rendered) // 2]
     (workdir / "message.eml").write_bytes(message)
     (workdir / "message-lf.eml").write_bytes(message.replace(b"\r\n", b"\n"))

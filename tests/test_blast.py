@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from conftest import person_rows, relay_block, write_campaign, write_list
 from mailblast import blast
 from mailblast.config import load_campaign
@@ -186,3 +188,24 @@ def test_list_edge_cases_queued_and_rejected(
     assert "ann@example.com" in recipients
     assert "Bob@example.com" in recipients
     assert "dave@xn--bcher-kva.example" in recipients
+
+
+@pytest.mark.parametrize(("advertised", "encoding"), [(True, "8bit"), (False, "quoted-printable")])
+def test_body_encoding_follows_8bitmime(
+    tmp_path: Path, start_sink: Callable[..., ThreadedSink], advertised: bool, encoding: str
+) -> None:
+    sink = start_sink(keep_messages=True, eight_bit_mime=advertised)
+    write_list(tmp_path / "attendees.csv", [["zoe@example.com", "Zoë", "Ångström", "Gala", "1"]])
+    campaign = load_campaign(write_campaign(tmp_path, [relay_block("only", sink.port)]))
+
+    summary, _, _ = blast.send(campaign)
+
+    assert summary.counts["sent"] == 1
+    data = sink.stats.received[0].data
+    assert data.isascii() is not advertised
+    parsed = email.message_from_bytes(data, policy=email.policy.default)
+    parts = [part for part in parsed.walk() if not part.is_multipart()]
+    assert [part["Content-Transfer-Encoding"] for part in parts] == [encoding] * 2
+    text = parsed.get_body(preferencelist=("plain",))
+    assert text is not None
+    assert "Dear Zoë Ångström," in text.get_content()

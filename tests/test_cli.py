@@ -167,6 +167,20 @@ def test_preview_writes_eml(
     assert b"Subject: First1, you're invited to Gala\r\n" in data
 
 
+def test_preview_8bitmime(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    write_list(tmp_path / "attendees.csv", [["zoe@example.com", "Zoë", "Ångström", "Gala", "1"]])
+    campaign_file = write_campaign(tmp_path, [relay_block("only", 2525)])
+    plain, eight = tmp_path / "plain.eml", tmp_path / "eight.eml"
+
+    assert run(capsys, "preview", str(campaign_file), "--output", str(plain))[0] == 0
+    assert run(capsys, "preview", str(campaign_file), "--8bitmime", "--output", str(eight))[0] == 0
+
+    assert plain.read_bytes().isascii()
+    assert b"Content-Transfer-Encoding: quoted-printable" in plain.read_bytes()
+    assert "Dear Zoë Ångström,".encode() in eight.read_bytes()
+    assert b"Content-Transfer-Encoding: 8bit" in eight.read_bytes()
+
+
 def test_send_test_to_outside_records(
     capsys: pytest.CaptureFixture[str],
     campaign_file: Path,

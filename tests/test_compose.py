@@ -173,10 +173,11 @@ def composers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Compo
 
 
 def compose_both(
-    composers: dict[str, tuple[Composer, Campaign]], kind: str, row: Row
+    composers: dict[str, tuple[Composer, Campaign]], kind: str, row: Row, eight_bit: bool = False
 ) -> tuple[bytes, bytes]:
     composer, campaign = composers[kind]
-    fast = composer.compose("key-1", row.address, row.fields(), row.smtputf8, "tok", now=NOW)
+    fields = row.fields()
+    fast = composer.compose("key-1", row.address, fields, row.smtputf8, "tok", NOW, eight_bit)
     slow = compose_slow(
         campaign,
         CompiledTemplates(campaign.templates),
@@ -187,17 +188,19 @@ def compose_both(
         "tok",
         now=NOW,
         unsubscribe=links_for(campaign),
+        eight_bit=eight_bit,
     )
     return fast.data, slow
 
 
+@pytest.mark.parametrize("eight_bit", [False, True], ids=["7bit-relay", "8bitmime-relay"])
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("row_name", ROWS)
 def test_fast_equals_slow(
-    composers: dict[str, tuple[Composer, Campaign]], kind: str, row_name: str
+    composers: dict[str, tuple[Composer, Campaign]], kind: str, row_name: str, eight_bit: bool
 ) -> None:
     row = ROWS[row_name]
-    fast_data, slow_data = compose_both(composers, kind, row)
+    fast_data, slow_data = compose_both(composers, kind, row, eight_bit)
     fast, slow = parse(fast_data), parse(slow_data)
 
     assert list(fast.keys()) == list(slow.keys())
@@ -221,12 +224,13 @@ def test_fast_equals_slow(
     assert [part.defects for part in fast.walk()] == [[] for _ in fast.walk()]
 
 
+@pytest.mark.parametrize("eight_bit", [False, True], ids=["7bit-relay", "8bitmime-relay"])
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("row_name", ROWS)
 def test_fast_line_limits(
-    composers: dict[str, tuple[Composer, Campaign]], kind: str, row_name: str
+    composers: dict[str, tuple[Composer, Campaign]], kind: str, row_name: str, eight_bit: bool
 ) -> None:
-    data, _ = compose_both(composers, kind, ROWS[row_name])
+    data, _ = compose_both(composers, kind, ROWS[row_name], eight_bit)
     head = data.split(b"\r\n\r\n", 1)[0]
 
     assert BARE_LINE_END.search(data) is None
@@ -300,6 +304,19 @@ def test_body_ascii_stays_7bit(composers: dict[str, tuple[Composer, Campaign]]) 
 
     assert parse(data)["Content-Transfer-Encoding"] == "7bit"
     assert b"Hello Ann Lee,\r\n\r\nPrices are down.\r\n" in data
+
+
+def test_body_8bit_to_8bitmime_relay(composers: dict[str, tuple[Composer, Campaign]]) -> None:
+    row = ROWS["accents"]
+    plain, _ = compose_both(composers, "both", row, eight_bit=False)
+    eight, _ = compose_both(composers, "both", row, eight_bit=True)
+
+    assert [p["Content-Transfer-Encoding"] for p in leaf_parts(parse(plain))] == [
+        "quoted-printable"
+    ] * 2
+    assert [p["Content-Transfer-Encoding"] for p in leaf_parts(parse(eight))] == ["8bit"] * 2
+    assert "Café, crème brûlée.".encode() in eight
+    assert len(eight) < len(plain)
 
 
 def test_header_injection_in_name_and_subject(tmp_path: Path) -> None:
@@ -587,19 +604,21 @@ BODY_TEXT = st.lists(st.sampled_from(BODY_PIECES), max_size=200).map("".join)
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=BODY_TEXT)
-def test_body_line_ends_and_encoding(text: str) -> None:
+@given(text=BODY_TEXT, eight_bit=st.booleans())
+def test_body_line_ends_and_encoding(text: str, eight_bit: bool) -> None:
     # Each line end (CR, LF or CRLF) becomes CRLF, and a final one is added.
     lines = text.replace("\r\n", "\n").replace("\r", "\n")
     expected = (lines if lines.endswith("\n") else lines + "\n").replace("\n", "\r\n").encode()
 
-    body, quoted = encode_body(text)
+    body, encoding = encode_body(text, eight_bit=eight_bit)
 
     longest = max(map(len, expected.split(b"\r\n")))
-    seven_bit = expected.isascii() and b"\0" not in expected and longest <= 998
-    assert quoted is not seven_bit
-    if quoted:
+    unchanged = b"\0" not in expected and longest <= 998
+    if unchanged and expected.isascii():
+        assert (encoding, body) == ("7bit", expected)
+    elif unchanged and eight_bit:
+        assert (encoding, body) == ("8bit", expected)
+    else:
+        assert encoding == "quoted-printable"
         assert body == binascii.b2a_qp(expected, istext=True)
         assert binascii.a2b_qp(body) == expected
-    else:
-        assert body == expected

@@ -104,9 +104,19 @@ def make_signing_composer(directory: Path, signer: DkimSigner, **options: bool) 
     return Composer(campaign, templates, unsubscribe=links_for(campaign), dkim=signer)
 
 
-def compose_row(composer: Composer, row: Row) -> bytes:
-    composed = composer.compose("k", row.address, row.fields(), row.smtputf8, "t", now=NOW)
+def compose_row(composer: Composer, row: Row, eight_bit: bool = False) -> bytes:
+    composed = composer.compose("k", row.address, row.fields(), row.smtputf8, "t", NOW, eight_bit)
     return composed.data
+
+
+def test_signed_body_not_8bit(signers: dict[str, DkimSigner], tmp_path: Path) -> None:
+    # Even to a relay that offers 8BITMIME: a later hop could re-encode the body.
+    composer = make_signing_composer(tmp_path, signers["rsa"])
+
+    data = compose_row(composer, ROWS["accents"], eight_bit=True)
+
+    assert data.isascii()
+    assert b"Content-Transfer-Encoding: quoted-printable" in data
 
 
 @pytest.mark.parametrize("algorithm", ["rsa", "ed25519", "both"])

@@ -282,8 +282,11 @@ def first_recipients(campaign: Campaign, limit: int) -> Iterator[Recipient]:
                 return
 
 
-def preview(campaign: Campaign, row_number: int = 1) -> bytes:
-    """Return the exact bytes the ``row_number``-th accepted recipient would get."""
+def preview(campaign: Campaign, row_number: int = 1, *, eight_bit: bool = False) -> bytes:
+    """Return the exact bytes the ``row_number``-th accepted recipient would get.
+
+    ``eight_bit`` gives the message as a relay that offers 8BITMIME gets it.
+    """
     composer = build_composer(campaign, compile_templates(campaign))
     found = list(first_recipients(campaign, row_number))
     if len(found) < row_number:
@@ -293,7 +296,12 @@ def preview(campaign: Campaign, row_number: int = 1) -> bytes:
         )
     recipient = found[-1]
     return composer.compose(
-        recipient.key, recipient.address, recipient.fields, recipient.smtputf8, token="preview"
+        recipient.key,
+        recipient.address,
+        recipient.fields,
+        recipient.smtputf8,
+        token="preview",
+        eight_bit=eight_bit,
     ).data
 
 
@@ -318,7 +326,12 @@ async def _send_proofs(campaign: Campaign, test_to: str, limit: int) -> list[tup
                 # The proof address gets the row's personalisation; the row's own address is
                 # neither the envelope recipient nor the To header.
                 composed = composer.compose(
-                    recipient.key, test_to, recipient.fields, False, token="proof"
+                    recipient.key,
+                    test_to,
+                    recipient.fields,
+                    False,
+                    token="proof",
+                    eight_bit=connection.eight_bit_mime,
                 )
                 reply = await connection.send(
                     composed.envelope_sender, test_to, composed.data, False, _nothing

@@ -56,10 +56,10 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 _TEXT_TYPE = b'Content-Type: text/plain; charset="utf-8"\r\n'
 _HTML_TYPE = b'Content-Type: text/html; charset="utf-8"\r\n'
 _ONE_CLICK_LINE = f"List-Unsubscribe-Post: {ONE_CLICK}\r\n".encode("ascii")
-_TRANSFER_ENCODING = {
-    False: b"Content-Transfer-Encoding: 7bit\r\n",
-    True: b"Content-Transfer-Encoding: quoted-printable\r\n",
-}
+SEVEN_BIT = "7bit"
+EIGHT_BIT = "8bit"
+QUOTED_PRINTABLE = "quoted-printable"
+_ENCODINGS = (SEVEN_BIT, EIGHT_BIT, QUOTED_PRINTABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +103,8 @@ class Composer:
         self._reply_to = (
             _fold_with_library("Reply-To", campaign.reply_to) if campaign.reply_to else b""
         )
-        self._text_headers = {
-            qp: _TEXT_TYPE + _TRANSFER_ENCODING[qp] + CRLF for qp in (False, True)
-        }
-        self._html_headers = {
-            qp: _HTML_TYPE + _TRANSFER_ENCODING[qp] + CRLF for qp in (False, True)
-        }
+        self._text_headers = {name: _part_headers(_TEXT_TYPE, name) for name in _ENCODINGS}
+        self._html_headers = {name: _part_headers(_HTML_TYPE, name) for name in _ENCODINGS}
         self._boundary = "=_" + hashlib.sha256(campaign.name.encode()).hexdigest()[:24]
         self._frame = _MultipartFrame(self._boundary)
         self._date_second = -1
@@ -122,13 +118,16 @@ class Composer:
         smtputf8: bool,
         token: str,
         now: float | None = None,
+        eight_bit: bool = False,
     ) -> Composed:
         """Render the templates for one recipient and assemble the message.
 
         ``address`` is the recipient's addr-spec and ``message_key`` its de-duplication key,
         from which the Message-ID is derived. ``token`` replaces ``{token}`` in the envelope
         sender (VERP). ``now`` is the Date in seconds since the epoch, by default the current
-        time. Raises TemplateError when a template fails for this recipient, and ValueError
+        time. ``eight_bit`` says that the relay takes 8bit bodies (8BITMIME): non-ASCII parts
+        then go as UTF-8 octets instead of quoted-printable, unless the message is signed.
+        Raises TemplateError when a template fails for this recipient, and ValueError
         when the address or the token cannot be written into the message.
         """
         timestamp = int(time.time() if now is None else now)
@@ -149,7 +148,10 @@ class Composer:
                 self._reply_to,
                 _list_unsubscribe(links),
                 b"MIME-Version: 1.0\r\n",
-                self._content(rendered),
+                # A signature covers the body octets, and a later hop without 8BITMIME would
+                # re-encode an 8bit body and break it (RFC 6376 section 5.3), so signed
+                # messages stay 7bit.
+                self._content(rendered, eight_bit and self._dkim is None),
             )
         )
         if self._dkim is not None:
@@ -163,20 +165,20 @@ class Composer:
             self._date_second = second
         return self._date_line
 
-    def _content(self, rendered: Rendered) -> bytes:
+    def _content(self, rendered: Rendered, eight_bit: bool) -> bytes:
         if rendered.html is None:
-            text, text_qp = encode_body(rendered.text or "")
-            return self._text_headers[text_qp] + text
+            text, text_encoding = encode_body(rendered.text or "", eight_bit=eight_bit)
+            return self._text_headers[text_encoding] + text
         if rendered.text is None:
-            html, html_qp = encode_body(rendered.html)
-            return self._html_headers[html_qp] + html
+            html, html_encoding = encode_body(rendered.html, eight_bit=eight_bit)
+            return self._html_headers[html_encoding] + html
 
-        text, text_qp = encode_body(rendered.text)
-        html, html_qp = encode_body(rendered.html)
+        text, text_encoding = encode_body(rendered.text, eight_bit=eight_bit)
+        html, html_encoding = encode_body(rendered.html, eight_bit=eight_bit)
         frame = self._frame
         if frame.collides(text) or frame.collides(html):
             frame = _MultipartFrame(_free_boundary(self._boundary, text, html))
-        return frame.join(text, text_qp, html, html_qp)
+        return frame.join(text, text_encoding, html, html_encoding)
 
 
 class _MultipartFrame:
@@ -189,14 +191,12 @@ class _MultipartFrame:
             b'Content-Type: multipart/alternative;\r\n boundary="' + self.boundary + b'"\r\n\r\n'
         )
         self.text_open = {
-            qp: delimiter + CRLF + _TEXT_TYPE + _TRANSFER_ENCODING[qp] + CRLF
-            for qp in (False, True)
+            name: delimiter + CRLF + _part_headers(_TEXT_TYPE, name) for name in _ENCODINGS
         }
         # The CRLF before a delimiter belongs to the delimiter (RFC 2046 section 5.1.1), so
         # each part keeps its own final line break.
         self.html_open = {
-            qp: CRLF + delimiter + CRLF + _HTML_TYPE + _TRANSFER_ENCODING[qp] + CRLF
-            for qp in (False, True)
+            name: CRLF + delimiter + CRLF + _part_headers(_HTML_TYPE, name) for name in _ENCODINGS
         }
         self.close = CRLF + delimiter + b"--" + CRLF
 
@@ -204,11 +204,23 @@ class _MultipartFrame:
         """Return whether the boundary occurs in an encoded part body."""
         return self.boundary in body
 
-    def join(self, text: bytes, text_qp: bool, html: bytes, html_qp: bool) -> bytes:
+    def join(self, text: bytes, text_encoding: str, html: bytes, html_encoding: str) -> bytes:
         """Return the Content-Type header, a blank line and both parts."""
         return b"".join(
-            (self.header, self.text_open[text_qp], text, self.html_open[html_qp], html, self.close)
+            (
+                self.header,
+                self.text_open[text_encoding],
+                text,
+                self.html_open[html_encoding],
+                html,
+                self.close,
+            )
         )
+
+
+def _part_headers(content_type: bytes, encoding: str) -> bytes:
+    """Return a part's Content-Type and Content-Transfer-Encoding lines and the blank line."""
+    return content_type + b"Content-Transfer-Encoding: " + encoding.encode("ascii") + CRLF + CRLF
 
 
 def _free_boundary(boundary: str, *bodies: bytes) -> str:
@@ -422,12 +434,13 @@ def _fold(prefix: str, words: list[str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
 
-def encode_body(text: str) -> tuple[bytes, bool]:
-    """Return a body part as CRLF-terminated bytes and whether they are quoted-printable.
+def encode_body(text: str, *, eight_bit: bool = False) -> tuple[bytes, str]:
+    """Return a body part as CRLF-terminated bytes and its Content-Transfer-Encoding.
 
-    Line ends become CRLF and a final one is added. The part stays 7bit when it is ASCII
-    without NUL and every line is at most 998 octets. Otherwise it is the quoted-printable
-    form of its UTF-8 octets, whose lines are at most 76 characters.
+    Line ends become CRLF and a final one is added. A part without NUL whose lines are at
+    most 998 octets goes unchanged: 7bit when it is ASCII, 8bit UTF-8 when it is not and
+    ``eight_bit`` allows it. Otherwise it is the quoted-printable form of its UTF-8 octets,
+    whose lines are at most 76 characters.
     """
     # Line ends are rewritten in the UTF-8 octets, which is cheaper than in a str that contains
     # non-ASCII text. No multi-octet UTF-8 sequence contains a CR or LF octet.
@@ -437,10 +450,11 @@ def encode_body(text: str) -> tuple[bytes, bool]:
     if not data.endswith(b"\n"):
         data += b"\n"
     data = data.replace(b"\n", b"\r\n")
-    if data.isascii() and b"\0" not in data and _longest_line(data) <= MAX_LINE_OCTETS:
-        return data, False
+    ascii_only = data.isascii()
+    if (ascii_only or eight_bit) and b"\0" not in data and _longest_line(data) <= MAX_LINE_OCTETS:
+        return data, SEVEN_BIT if ascii_only else EIGHT_BIT
     # b2a_qp writes CRLF soft line breaks because the data's first line end is CRLF.
-    return binascii.b2a_qp(data, istext=True), True
+    return binascii.b2a_qp(data, istext=True), QUOTED_PRINTABLE
 
 
 def _longest_line(data: bytes) -> int:
@@ -461,6 +475,7 @@ def compose_slow(
     *,
     hostname: str | None = None,
     unsubscribe: UnsubscribeLinks | None = None,
+    eight_bit: bool = False,
 ) -> bytes:
     """Build the message that Composer.compose builds, with email.message.EmailMessage.
 
@@ -490,22 +505,19 @@ def compose_slow(
         message["List-Unsubscribe"] = links.header
         message["List-Unsubscribe-Post"] = ONE_CLICK
     message["MIME-Version"] = "1.0"
-    _set_slow_content(message, rendered)
+    _set_slow_content(message, rendered, eight_bit)
     return message.as_bytes()
 
 
-def _set_slow_content(message: EmailMessage, rendered: Rendered) -> None:
+def _set_slow_content(message: EmailMessage, rendered: Rendered, eight_bit: bool) -> None:
     # The fast path's rule chooses the transfer encoding, so that both messages can be compared
     # header by header. The encoding itself is done by the email package.
     if rendered.text is not None:
-        message.set_content(rendered.text, cte=_slow_transfer_encoding(rendered.text))
-    if rendered.html is not None and rendered.text is not None:
-        cte = _slow_transfer_encoding(rendered.html)
-        message.add_alternative(rendered.html, subtype="html", cte=cte)
-    elif rendered.html is not None:
-        cte = _slow_transfer_encoding(rendered.html)
-        message.set_content(rendered.html, subtype="html", cte=cte)
-
-
-def _slow_transfer_encoding(text: str) -> str:
-    return "quoted-printable" if encode_body(text)[1] else "7bit"
+        cte = encode_body(rendered.text, eight_bit=eight_bit)[1]
+        message.set_content(rendered.text, cte=cte)
+    if rendered.html is not None:
+        cte = encode_body(rendered.html, eight_bit=eight_bit)[1]
+        if rendered.text is not None:
+            message.add_alternative(rendered.html, subtype="html", cte=cte)
+        else:
+            message.set_content(rendered.html, subtype="html", cte=cte)

@@ -582,6 +582,7 @@ class Engine:
                 message.smtputf8,
                 token=str(message.id),
                 now=self.clock(),
+                eight_bit=connection.eight_bit_mime,
             )
         except (TemplateError, ValueError) as error:
             # One recipient's message cannot be built (a template error, an address that

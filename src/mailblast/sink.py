@@ -268,6 +268,7 @@ class _SinkHandler:
         script: Iterable[str] | None,
         drop_after: int | None,
         pipelining: bool,
+        eight_bit_mime: bool,
         auth: dict[str, str] | None,
         tempfail_every: int | None,
     ) -> None:
@@ -278,6 +279,7 @@ class _SinkHandler:
         self.drop_after = _positive_or_none("drop_after", drop_after)
         self.tempfail_every = _positive_or_none("tempfail_every", tempfail_every)
         self.pipelining = pipelining
+        self.eight_bit_mime = eight_bit_mime
         self.auth = auth
         self.greylist_attempts: dict[str, int] = {}
         self.open_connections: set[_SinkSMTP] = set()
@@ -318,7 +320,10 @@ class _SinkHandler:
         # The five-argument hook takes over recording the client's name from aiosmtpd.
         session.host_name = hostname
         extensions = [
-            line for line in responses if self.auth is not None or not line.startswith("250-AUTH")
+            line
+            for line in responses
+            if (self.auth is not None or not line.startswith("250-AUTH"))
+            and (self.eight_bit_mime or line[4:].upper() != "8BITMIME")
         ]
         if self.pipelining:
             # aiosmtpd reads commands one line at a time, so pipelined commands already work.
@@ -473,6 +478,7 @@ class Sink:
     - ``tempfail_every=N``: after N messages on one connection, reply to the next MAIL FROM with
       ``421 4.7.0 Too many messages, closing`` and close the connection.
     - ``pipelining``: advertise PIPELINING in the EHLO reply. ``smtputf8``: accept SMTPUTF8.
+      ``eight_bit_mime``: advertise 8BITMIME (aiosmtpd's default).
     - ``tls_context``: offer STARTTLS, required before MAIL with ``require_starttls``, or wrap
       the listener in TLS with ``implicit_tls``.
     - ``auth``: user name to password. Enables AUTH PLAIN and LOGIN and requires a successful
@@ -492,6 +498,7 @@ class Sink:
         script: Iterable[str] | None = None,
         drop_after: int | None = None,
         pipelining: bool = True,
+        eight_bit_mime: bool = True,
         smtputf8: bool = True,
         tls_context: ssl.SSLContext | None = None,
         require_starttls: bool = False,
@@ -509,6 +516,7 @@ class Sink:
             script=script,
             drop_after=drop_after,
             pipelining=pipelining,
+            eight_bit_mime=eight_bit_mime,
             auth=auth,
             tempfail_every=tempfail_every,
         )

@@ -87,6 +87,13 @@ def register(commands: Any) -> None:
         "--row", type=int, default=1, metavar="N", help="the N-th accepted row (default 1)"
     )
     preview.add_argument("--output", metavar="FILE.eml", help="write the message to a file")
+    preview.add_argument(
+        "--8bitmime",
+        dest="eight_bit",
+        action="store_true",
+        help="the message as a relay that offers 8BITMIME gets it: non-ASCII parts in 8bit"
+        " instead of quoted-printable, unless DKIM signs it",
+    )
     preview.set_defaults(handler=run_preview)
 
 
@@ -207,7 +214,7 @@ def run_preview(arguments: argparse.Namespace) -> int:
     campaign = load_campaign(arguments.campaign)
     if arguments.row < 1:
         raise MailblastError(f"--row {arguments.row} must be at least 1")
-    data = blast.preview(campaign, arguments.row)
+    data = blast.preview(campaign, arguments.row, eight_bit=arguments.eight_bit)
     if arguments.output:
         Path(arguments.output).write_bytes(data)
         print(f"wrote {len(data)} bytes to {arguments.output}")
