@@ -1,7 +1,8 @@
 """A loopback SMTP server that replies from a table, for client tests that need exact replies.
 
 It records each line as it arrives, together with whether a reply to MAIL was still pending,
-so a test can tell pipelined commands from lock-step ones.
+so a test can tell pipelined commands from lock-step ones, and the lines that arrived while the
+reply to a final dot was still pending.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ DEFAULT_REPLIES = {
 
 @dataclass
 class Script:
-    """Replies by verb (a list is used up one per command) and the MAIL reply delay."""
+    """Replies by verb (a list is used up one per command) and the MAIL and final dot delays."""
 
     replies: dict[str, str | list[str]] = field(default_factory=dict)
     mail_delay: float = 0.0
+    dot_delay: float = 0.0
+    behind_dot: list[str] = field(default_factory=list)  # lines sent before the dot's reply
     arrivals: list[tuple[str, bool]] = field(default_factory=list)  # (line, MAIL reply pending)
     bodies: list[list[str]] = field(default_factory=list)
 
@@ -46,6 +49,7 @@ class ScriptedRelay(asyncio.Protocol):
         self.lines: asyncio.Queue[str] = asyncio.Queue()
         self.buffer = b""
         self.mail_pending = False
+        self.dot_pending = False
         self.transport: asyncio.Transport | None = None
         self.worker: asyncio.Task[None] | None = None
 
@@ -65,8 +69,12 @@ class ScriptedRelay(asyncio.Protocol):
         for line in lines:
             text = line.decode("utf-8")
             self.script.arrivals.append((text, self.mail_pending))
+            if self.dot_pending:
+                self.script.behind_dot.append(text)
             if text.upper().startswith("MAIL"):
                 self.mail_pending = True  # until the worker has sent its reply
+            if text == ".":
+                self.dot_pending = True  # a body line "." arrives dot-stuffed as ".."
             self.lines.put_nowait(text)
 
     def send(self, reply: str) -> None:
@@ -95,7 +103,9 @@ class ScriptedRelay(asyncio.Protocol):
         while (line := await self.lines.get()) != ".":
             body.append(line)
         self.script.bodies.append(body)
+        await asyncio.sleep(self.script.dot_delay)
         self.send(self.script.reply("."))
+        self.dot_pending = False
 
 
 async def start_scripted(script: Script) -> asyncio.Server:

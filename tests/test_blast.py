@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,7 @@ from conftest import person_rows, relay_block, write_campaign, write_list
 from mailblast import blast
 from mailblast.config import load_campaign
 from mailblast.sink import ThreadedSink
+from scripted_relay import Script, port_of, start_scripted
 
 BARE_LINE_END = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
@@ -209,3 +212,28 @@ def test_body_encoding_follows_8bitmime(
     text = parsed.get_body(preferencelist=("plain",))
     assert text is not None
     assert "Dear Zoë Ångström," in text.get_content()
+
+
+def test_envelopes_go_out_behind_final_dots(tmp_path: Path) -> None:
+    # One session: after the first message, each envelope rides on the previous final dot.
+    script = Script(dot_delay=0.005)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(start_scripted(script), loop).result()
+    try:
+        write_list(tmp_path / "attendees.csv", person_rows(50))
+        relay = relay_block("only", port_of(server), max_connections=1)
+        summary, _, _ = blast.send(load_campaign(write_campaign(tmp_path, [relay])))
+    finally:
+        server.close()
+        asyncio.run_coroutine_threadsafe(server.wait_closed(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+    assert summary.counts["sent"] == 50
+    assert len(script.bodies) == 50
+    behind = [line for line in script.behind_dot if line.startswith("MAIL FROM")]
+    print("envelopes behind a final dot:", len(behind))
+    assert len(behind) >= 40

@@ -56,14 +56,22 @@ async def nothing() -> None:
 
 
 async def send_all(
-    relay: RelaySettings, recipients: list[str], data: bytes = MESSAGE
+    relay: RelaySettings, recipients: list[str], data: bytes = MESSAGE, *, ahead: bool = False
 ) -> tuple[RelayConnection, list[Reply]]:
-    """Open one session, send ``data`` to each recipient in turn, quit; return the replies."""
+    """Open one session, send ``data`` to each recipient in turn, quit; return the replies.
+
+    With ``ahead`` each message's final dot carries the next recipient's envelope.
+    """
     connection = RelayConnection(relay, "client.example.com")
     await connection.open()
     replies = []
-    for recipient in recipients:
-        replies.append(await connection.send(SENDER, recipient, data, False, nothing))
+    for index, recipient in enumerate(recipients):
+        following: tuple[object, list[bytes]] | None = None
+        if ahead and index + 1 < len(recipients):
+            lines = connection.envelope_lines(SENDER, recipients[index + 1], False)
+            assert isinstance(lines, list)
+            following = (recipients[index + 1], lines)
+        replies.append(await connection.send(SENDER, recipient, data, False, nothing, following))
         if not connection.is_open:
             break
     await connection.quit()
@@ -154,11 +162,13 @@ def test_dot_stuffing() -> None:
 # aiosmtpd
 
 
+@pytest.mark.parametrize("ahead", [False, True], ids=["", "envelope-ahead"])
 @pytest.mark.parametrize("pipelining", [True, False])
-def test_aiosmtpd_delivers(pipelining: bool) -> None:
+def test_aiosmtpd_delivers(pipelining: bool, ahead: bool) -> None:
+    # Without PIPELINING the client writes no envelope ahead even when given one.
     async def run(sink: Sink) -> tuple[RelayConnection, list[Reply]]:
         recipients = [f"guest{i}@example.org" for i in range(5)]
-        return await send_all(settings(sink.port), recipients)
+        return await send_all(settings(sink.port), recipients, ahead=ahead)
 
     sink, (connection, replies) = asyncio.run(
         with_sink(run, pipelining=pipelining, keep_messages=True)
@@ -167,6 +177,9 @@ def test_aiosmtpd_delivers(pipelining: bool) -> None:
     assert connection.pipelining is pipelining
     assert [reply.scope for reply in replies] == [Scope.SUCCESS] * 5
     assert sink.stats.messages == 5
+    assert [m.recipients for m in sink.stats.received] == [
+        (f"guest{i}@example.org",) for i in range(5)
+    ]
     assert sink.stats.received[0].data.endswith(b"Hello.\r\n")
 
 
@@ -317,12 +330,12 @@ def test_tls_unknown_ca_rejected(mode: str, authority: tuple[ssl.SSLContext, Pat
 
 
 def run_scripted(
-    script: Script, recipients: list[str], **keys: Any
+    script: Script, recipients: list[str], *, ahead: bool = False, **keys: Any
 ) -> tuple[RelayConnection, list[Reply]]:
     async def run() -> tuple[RelayConnection, list[Reply]]:
         server = await start_scripted(script)
         try:
-            return await send_all(settings(port_of(server), **keys), recipients)
+            return await send_all(settings(port_of(server), **keys), recipients, ahead=ahead)
         finally:
             server.close()
             await server.wait_closed()
@@ -341,6 +354,71 @@ def test_pipelining_only_when_advertised(advertised: bool) -> None:
     early = [line.split(":")[0] for line in pending_lines(script)]
     assert early == (["RCPT TO", "DATA"] if advertised else [])
     assert connection.pipelining is advertised
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+def test_envelope_behind_final_dot(ahead: bool) -> None:
+    script = Script(dot_delay=0.2)
+
+    connection, replies = run_scripted(script, ["a@example.org", "b@example.org"], ahead=ahead)
+
+    assert [reply.scope for reply in replies] == [Scope.SUCCESS] * 2
+    assert len(script.bodies) == 2
+    expected = ["MAIL FROM:<bounces@example.com> BODY=8BITMIME", "RCPT TO:<b@example.org>", "DATA"]
+    assert script.behind_dot == (expected if ahead else [])
+    assert connection.messages_sent == 2
+
+
+def test_envelope_ahead_after_refused_message() -> None:
+    # The reply to the final dot ends the transaction, so no RSET undoes the next envelope.
+    script = Script(replies={".": ["554 5.6.0 content rejected", "250 2.0.0 queued"]})
+
+    _, replies = run_scripted(script, ["a@example.org", "b@example.org"], ahead=True)
+
+    assert [(reply.command, reply.scope) for reply in replies] == [
+        (Command.END_OF_DATA, Scope.MESSAGE),
+        (Command.END_OF_DATA, Scope.SUCCESS),
+    ]
+    assert "RSET" not in [line for line, _ in script.arrivals]
+    assert len(script.bodies) == 2
+
+
+def test_envelope_ahead_lost_with_421() -> None:
+    script = Script(replies={".": "421 4.3.2 shutting down"})
+
+    connection, replies = run_scripted(script, ["a@example.org", "b@example.org"], ahead=True)
+
+    assert [(reply.command, reply.scope) for reply in replies] == [
+        (Command.END_OF_DATA, Scope.CONNECTION)
+    ]
+    assert not connection.is_open
+    assert len(script.bodies) == 1  # the second message's envelope went out, its text did not
+
+
+def test_envelope_ahead_not_sent_closes_session() -> None:
+    async def run() -> tuple[RelayConnection, Reply, Script]:
+        script = Script(dot_delay=0.1)
+        server = await start_scripted(script)
+        try:
+            connection = RelayConnection(settings(port_of(server)), "client.example.com")
+            await connection.open()
+            lines = connection.envelope_lines(SENDER, "b@example.org", False)
+            assert isinstance(lines, list)
+            await connection.send(SENDER, "a@example.org", MESSAGE, False, nothing, ("b", lines))
+            # Another message than the one whose envelope went ahead must not use it.
+            reply = await connection.send(SENDER, "c@example.org", MESSAGE, False, nothing)
+            await connection.quit()
+            await asyncio.sleep(0.2)
+            return connection, reply, script
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    connection, reply, script = asyncio.run(run())
+
+    assert reply.scope is Scope.CONNECTION
+    assert not connection.is_open
+    assert len(script.bodies) == 1
 
 
 def test_multiline_replies_each_step() -> None:
@@ -457,11 +535,14 @@ def smtp_sink() -> Iterator[Callable[..., int]]:
 
 @needs_smtp_sink
 @pytest.mark.parametrize("options", [(), ("-p",)], ids=["pipelining", "no-pipelining"])
-def test_smtp_sink_delivers(smtp_sink: Callable[..., int], options: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("ahead", [False, True], ids=["", "envelope-ahead"])
+def test_smtp_sink_delivers(
+    smtp_sink: Callable[..., int], options: tuple[str, ...], ahead: bool
+) -> None:
     port = smtp_sink(*options)
     recipients = [f"guest{i}@example.org" for i in range(50)]
 
-    connection, replies = asyncio.run(send_all(settings(port), recipients))
+    connection, replies = asyncio.run(send_all(settings(port), recipients, ahead=ahead))
 
     assert connection.pipelining is (options == ())
     assert [reply.scope for reply in replies] == [Scope.SUCCESS] * 50

@@ -133,7 +133,7 @@ class Composer:
         timestamp = int(time.time() if now is None else now)
         utf8 = smtputf8 or not address.isascii()
         message_id = message_id_for(self._campaign.name, message_key, self._message_id_domain)
-        envelope_sender = _envelope_sender(self._campaign.envelope_sender, token)
+        envelope_sender = self.envelope_sender(token)
         links = self._unsubscribe.for_recipient(address) if self._unsubscribe else None
         extra = _builtin_values(self._campaign, address, message_id, links)
         rendered = self._templates.render(fields, extra)
@@ -157,6 +157,10 @@ class Composer:
         if self._dkim is not None:
             data = self._dkim.sign(data, timestamp)
         return Composed(data, message_id, envelope_sender, address, utf8)
+
+    def envelope_sender(self, token: str) -> str:
+        """Return the MAIL FROM address with ``token`` (VERP); ValueError if it cannot be."""
+        return _envelope_sender(self._campaign.envelope_sender, token)
 
     def _date(self, second: int) -> bytes:
         # The Date line changes once a second, so one formatting serves a whole batch.

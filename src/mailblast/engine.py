@@ -429,26 +429,34 @@ class Engine:
         close their session and take nothing until the relay recovers.
         """
         connection: RelayConnection | None = None
+        # The job taken while the previous one was sent, whose envelope may be written ahead.
+        following: Job | None = None
         try:
             # Checking stopping as well as being cancelled: on Python 3.11 a cancellation that
-            # meets a timeout's expiry can be lost (see aio.raise_if_cancelling).
+            # meets a timeout's expiry can be lost (see aio.raise_if_cancelling). A job still
+            # in ``following`` then stays claimed, and the shutdown releases it.
             while not self.stopping.is_set():
                 if not relay.session_allowed(slot):
+                    if following is not None:
+                        self._redispatch(following)
+                        following = None
                     await self._close(relay, connection)
                     connection = None
                     await asyncio.sleep(THROTTLED_SLOT_POLL)
                     continue
-                job = await self._next_job(relay, connection)
+                job, following = following, None
                 if job is None:
-                    await self._close(relay, connection)
-                    connection = None
-                    continue
-                self.pool.notify()
+                    job = await self._next_job(relay, connection)
+                    if job is None:
+                        await self._close(relay, connection)
+                        connection = None
+                        continue
+                    self.pool.notify()
                 task = asyncio.current_task()
                 assert task is not None
                 self._busy.add(task)
                 try:
-                    connection = await self._send_job(relay, connection, job)
+                    connection, following = await self._send_job(relay, connection, job)
                 finally:
                     self._busy.discard(task)
         finally:
@@ -499,32 +507,88 @@ class Engine:
 
     async def _send_job(
         self, relay: RelayState[Job], connection: RelayConnection | None, job: Job
-    ) -> RelayConnection | None:
-        """Send one job over the slot's session (opening one if needed); return the session."""
+    ) -> tuple[RelayConnection | None, Job | None]:
+        """Send one job over the slot's session (opening one if needed).
+
+        Return the session and the relay's next job when one was taken to be sent next.
+        """
+        following: Job | None = None
+        try:
+            connection, following = await self._send_job_once(relay, connection, job)
+        finally:
+            if connection is not None and connection.has_envelope_ahead(job.message.id):
+                # The job's envelope went out behind the previous message, but the job was not
+                # sent, so the relay must not get a message for it on this session.
+                connection.close()
+        if connection is not None and not connection.is_open:
+            await self._close(relay, connection)
+            connection = None
+        return connection, following
+
+    async def _send_job_once(
+        self, relay: RelayState[Job], connection: RelayConnection | None, job: Job
+    ) -> tuple[RelayConnection | None, Job | None]:
         if self.stopping.is_set() or not relay.usable(self.pool.clock()):
             self._redispatch(job)
-            return connection
+            return connection, None
         if job.message.id in self._suppressed:
             # Before the relay's rate and daily quota, which a message not sent must not use.
             self._skip_suppressed(job)
-            return connection
+            return connection, None
         connection = await self._usable_session(relay, connection)
         if connection is None:
             connection = await self._open(relay, job)
             if connection is None:
-                return None
+                return None, None
         if job.message.smtputf8 and not connection.smtputf8:
             job.excluded = job.excluded | {relay.name}
             self._redispatch(job)
-            return connection
+            return connection, None
         if not await self.limits.pace(relay):
             self._redispatch(job)  # the relay's daily quota is used up
-            return connection
-        await self._attempt(relay, connection, job)
-        if not connection.is_open:
-            await self._close(relay, connection)
+            return connection, None
+        following = self._take_following(relay)
+        ahead = self._envelope_ahead(relay, connection, following)
+        await self._attempt(relay, connection, job, ahead)
+        return connection, following
+
+    def _take_following(self, relay: RelayState[Job]) -> Job | None:
+        """Take the relay's next queued job, if any, so its envelope can go out ahead."""
+        if relay.queue.empty() or self.stopping.is_set():
             return None
-        return connection
+        following = relay.queue.get_nowait()
+        self.pool.notify()
+        return following
+
+    def _envelope_ahead(
+        self, relay: RelayState[Job], connection: RelayConnection, following: Job | None
+    ) -> tuple[object, list[bytes]] | None:
+        """Return the key and envelope lines to write behind this message, or None.
+
+        Only a job that this session will send next qualifies: the session is not worn out by
+        then, the relay has no rate or daily quota to wait for, and the job needs nothing the
+        relay lacks.
+        """
+        settings = relay.settings
+        if (
+            following is None
+            or not connection.pipelining
+            or settings.rate is not None
+            or settings.daily_quota is not None
+            or connection.messages_sent + 2 > settings.max_messages_per_connection
+            or following.message.id in self._suppressed
+        ):
+            return None
+        message = following.message
+        smtputf8 = message.smtputf8 or not message.address.isascii()
+        if smtputf8 and not connection.smtputf8:
+            return None
+        try:
+            sender = self.composer.envelope_sender(str(message.id))
+        except ValueError:
+            return None  # the attempt itself reports it
+        lines = connection.envelope_lines(sender, message.address, smtputf8)
+        return None if isinstance(lines, Reply) else (message.id, lines)
 
     async def _open(self, relay: RelayState[Job], job: Job) -> RelayConnection | None:
         slot = await self.limits.acquire_slot(relay, self._sending)
@@ -569,7 +633,13 @@ class Engine:
             return
         self._finish(job, relay, reply, 0.0, state="deferred")
 
-    async def _attempt(self, relay: RelayState[Job], connection: RelayConnection, job: Job) -> None:
+    async def _attempt(
+        self,
+        relay: RelayState[Job],
+        connection: RelayConnection,
+        job: Job,
+        ahead: tuple[object, list[bytes]] | None = None,
+    ) -> None:
         message = job.message
         if message.id in self._suppressed:
             self._skip_suppressed(job)
@@ -598,6 +668,7 @@ class Engine:
                 composed.data,
                 composed.smtputf8,
                 lambda: self.recorder.mark_in_flight(message.id),
+                ahead,
             )
         except StoreError as error:
             self.request_stop(f"the store failed: {error}")

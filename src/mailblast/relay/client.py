@@ -144,9 +144,15 @@ class SMTPClient:
     async def read_reply(self) -> SMTPReply:
         return await self.protocol.read_reply(self.command_timeout)
 
-    async def send_data(self, data: bytes, timeout: float) -> SMTPReply:
-        """Write the message after a 354 (dot-stuffed, then the final dot) and return the reply."""
-        self.protocol.write(dot_stuff(data))
+    async def send_data(self, data: bytes, timeout: float, then: Sequence[bytes] = ()) -> SMTPReply:
+        """Write the message after a 354 (dot-stuffed, then the final dot) and return the reply.
+
+        ``then`` are command lines written in the same write, behind the final dot (RFC 2920).
+        """
+        if then:
+            self.protocol.write(dot_stuff(data) + b"\r\n".join(then) + b"\r\n")
+        else:
+            self.protocol.write(dot_stuff(data))
         await self.protocol.drain()
         return await self.protocol.read_reply(timeout)
 

@@ -4,6 +4,11 @@ Built on the lean client in relay/client.py, which pipelines MAIL, RCPT and DATA
 offers PIPELINING. DATA is split in two steps. A connection lost before the relay's 354 handed
 nothing over, so the message is retried. A connection lost after the final dot was written may
 have delivered it, so the outcome is unknown.
+
+With PIPELINING the next message's MAIL, RCPT and DATA can go out in the same write as the
+final dot (RFC 2920 section 3.1), so a message costs one write and one read. Those commands are
+only an envelope: until the next :meth:`RelayConnection.send` writes that message after its
+354, nothing of it is handed over, and a session that does not send it is closed.
 """
 
 from __future__ import annotations
@@ -69,10 +74,16 @@ class RelayConnection:
         self.pipelining = False
         self.eight_bit_mime = False
         self._step = Command.MAIL  # the command whose reply is awaited, for connection failures
+        # The envelope written behind the last final dot, and the key of its message.
+        self._ahead: tuple[object, list[bytes]] | None = None
 
     @property
     def is_open(self) -> bool:
         return self.client is not None and self.client.is_open
+
+    def has_envelope_ahead(self, key: object | None = None) -> bool:
+        """Return whether an envelope was written ahead (for the message ``key``, if given)."""
+        return self._ahead is not None and (key is None or self._ahead[0] == key)
 
     async def open(self) -> None:
         """Connect and prepare the session; raise SessionError with a classified reason."""
@@ -173,26 +184,36 @@ class RelayConnection:
         data: bytes,
         smtputf8: bool,
         before_end_of_data: Callable[[], Awaitable[None]],
+        ahead: tuple[object, list[bytes]] | None = None,
     ) -> Reply:
         """Run one mail transaction and return the classified reply that ended it.
 
         ``before_end_of_data`` is awaited after the relay's 354 and before the message and its
         final dot are written: the engine makes the in-flight mark durable there. If it raises,
         nothing more is written and the connection is closed.
+
+        ``ahead`` is the key and the :meth:`envelope_lines` of the message that this session
+        sends next. With PIPELINING they are written behind the final dot, and the next call
+        with those lines reads their replies instead of writing them.
         """
         client = self.client
         if client is None or not client.is_open:
             return connection_failure(Command.MAIL, "session is not open")
-        lines = self._envelope_lines(envelope_sender, recipient, smtputf8)
+        lines = self.envelope_lines(envelope_sender, recipient, smtputf8)
         if isinstance(lines, Reply):
             return lines
+        written, self._ahead = self._ahead, None
+        if written is not None and written[1] != lines:
+            # The relay has another message's envelope, so this message must not follow it.
+            self.close()
+            return connection_failure(Command.MAIL, "another message's envelope was written ahead")
         try:
-            reply = await self._envelope(client, lines)
+            reply = await self._envelope(client, lines, written=written is not None)
         except _CONNECTION_ERRORS as error:
             self.close()
             reply = connection_failure(self._step, _describe(error))
         if reply is None:
-            reply = await self._data(client, data, before_end_of_data)
+            reply = await self._data(client, data, before_end_of_data, ahead)
         if reply.scope is not Scope.SUCCESS:
             await self._reset(reply)
         else:
@@ -200,7 +221,7 @@ class RelayConnection:
         self.last_used = time.monotonic()
         return reply
 
-    def _envelope_lines(self, sender: str, recipient: str, smtputf8: bool) -> list[bytes] | Reply:
+    def envelope_lines(self, sender: str, recipient: str, smtputf8: bool) -> list[bytes] | Reply:
         """Return the MAIL, RCPT and DATA lines, or a message-scope reply if they cannot be sent."""
         if any(character in sender + recipient for character in "\r\n<>"):
             text = f"address {recipient!r} or {sender!r} contains a line break or an angle bracket"
@@ -217,14 +238,17 @@ class RelayConnection:
             text = f"address {recipient!r} or {sender!r} is not ASCII and SMTPUTF8 is not in use"
             return Reply(Command.MAIL, None, None, text, Scope.MESSAGE)
 
-    async def _envelope(self, client: SMTPClient, lines: list[bytes]) -> Reply | None:
+    async def _envelope(
+        self, client: SMTPClient, lines: list[bytes], *, written: bool
+    ) -> Reply | None:
         """Send MAIL, RCPT and DATA; return None after the relay's 354, else the first refusal.
 
-        With PIPELINING the three lines go out together and every reply is read, so that the
-        session stays in step. Without it, each command waits for the previous reply.
+        With PIPELINING the three lines go out together, or went out behind the previous
+        message (``written``), and every reply is read, so that the session stays in step.
+        Without it, each command waits for the previous reply.
         """
         refusal: Reply | None = None
-        if self.pipelining:
+        if self.pipelining and not written:
             client.write_lines(lines)
         for command, line in zip(_ENVELOPE_COMMANDS, lines, strict=True):
             self._step = command
@@ -250,6 +274,7 @@ class RelayConnection:
         client: SMTPClient,
         data: bytes,
         before_end_of_data: Callable[[], Awaitable[None]],
+        ahead: tuple[object, list[bytes]] | None,
     ) -> Reply:
         try:
             await before_end_of_data()
@@ -259,8 +284,13 @@ class RelayConnection:
         if not client.is_open:
             self.close()
             return connection_failure(Command.DATA, "connection lost before the message was sent")
+        if not self.pipelining:
+            ahead = None
+        self._ahead = ahead
         try:
-            response = await client.send_data(data, self.settings.data_timeout)
+            response = await client.send_data(
+                data, self.settings.data_timeout, ahead[1] if ahead else ()
+            )
         except _CONNECTION_ERRORS as error:
             self.close()
             return connection_failure(Command.END_OF_DATA, _describe(error), after_end_of_data=True)
@@ -269,6 +299,9 @@ class RelayConnection:
     async def check(self) -> bool:
         """Send NOOP on an idle session; False (and the session closed) if it no longer works."""
         client = self.client
+        if self._ahead is not None:
+            # A NOOP now would get its reply after the replies to that envelope.
+            return client is not None and client.is_open
         if client is None or not client.is_open:
             self.close()
             return False
@@ -289,6 +322,10 @@ class RelayConnection:
         if reply.scope in (Scope.CONNECTION, Scope.UNKNOWN, Scope.RELAY):
             await self.quit()
             return
+        if self._ahead is not None:
+            # The reply to the final dot ended the transaction, and an RSET now would undo
+            # the next message's envelope.
+            return
         try:
             answer = await client.command("RSET")
         except _CONNECTION_ERRORS:
@@ -300,13 +337,19 @@ class RelayConnection:
     async def quit(self) -> None:
         client = self.client
         self.client = None
-        if client is not None:
+        if client is not None and self._ahead is not None:
+            # After the envelope written ahead the relay may be reading a message, so QUIT
+            # would be message text. Closing without the final dot delivers nothing.
+            self._ahead = None
+            client.close()
+        elif client is not None:
             await client.quit(QUIT_TIMEOUT)
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
         self.client = None
+        self._ahead = None
 
 
 _ENVELOPE_COMMANDS = (Command.MAIL, Command.RCPT, Command.DATA)
