@@ -190,6 +190,10 @@ class RunFigures:
     # (the store threads), sampled from /proc while the send runs.
     main_thread_us_per_message: float = 0.0
     store_thread_us_per_message: float = 0.0
+    # CPU per message of all smtp-sink processes together, while mailblast sent and while
+    # smtp-source sent: the part of the two cores that the relays take at each rate.
+    sink_us_per_message: float = 0.0
+    sink_us_per_message_smtp_source: float = 0.0
 
     @property
     def ratio_to_smtp_source(self) -> float:
@@ -588,7 +592,11 @@ def measure_run(
         )
 
     sessions = arguments.connections_per_relay
+    sinks_before_source = sum(process_cpu_seconds(sink.process.pid) for sink in sinks)
     source_seconds = run_smtp_source(ports, workdir / "message-lf.eml", sent, sessions)
+    sinks_cpu_source = (
+        sum(process_cpu_seconds(sink.process.pid) for sink in sinks) - sinks_before_source
+    )
     message = (workdir / "message.eml").read_bytes()
     smtplib_sent, smtplib_seconds = run_smtplib(ports[0], message, arguments.recipients)
 
@@ -614,6 +622,8 @@ def measure_run(
         other_cpu_seconds=machine_cpu - sinks_cpu - float(send["cpu_seconds"] or 0),
         main_thread_us_per_message=float(send["main_thread_seconds"] or 0) / sent * 1e6,
         store_thread_us_per_message=float(send["other_thread_seconds"] or 0) / sent * 1e6,
+        sink_us_per_message=sinks_cpu / sent * 1e6,
+        sink_us_per_message_smtp_source=sinks_cpu_source / sent * 1e6,
     )
 
 
@@ -658,7 +668,9 @@ TABLE_ROWS = (
     ("CPU system time of the send (s)", "cpu_system_seconds", "{:.1f}"),
     ("  main threads, per message (µs)", "main_thread_us_per_message", "{:,.0f}"),
     ("  store threads, per message (µs)", "store_thread_us_per_message", "{:,.0f}"),
+    ("sinks' CPU per message (µs)", "sink_us_per_message", "{:,.0f}"),
     ("smtp-source (msg/s)", "smtp_source_rate", "{:,.0f}"),
+    ("  sinks' CPU per message (µs)", "sink_us_per_message_smtp_source", "{:,.0f}"),
     ("smtplib, 1 connection (msg/s)", "smtplib_rate", "{:,.0f}"),
     ("send / smtp-source", "ratio_to_smtp_source", "{:.3f}"),
     ("send / smtplib", "ratio_to_smtplib", "{:.2f}"),
