@@ -12,6 +12,7 @@ from bounce_mail import NOTICES, arf, auto_reply, dsn, plain_mail
 from mailblast.bounce_report import BounceClass, ReportKind, classify_failure, read_report
 from mailblast.bounces import BounceProcessor, BounceSettings
 from mailblast.cli.main import main
+from mailblast.compose import message_id_for
 from mailblast.mailboxes import StoredMessage
 from mailblast.recipients import normalise_address
 from mailblast.store import SQLStore, open_store
@@ -253,6 +254,47 @@ def test_sender_block_not_suppressed(store: SQLStore) -> None:
     assert table(store, "SELECT count(*) FROM suppressions") == [(0,)]
     assert processor.summary.counts["block"] == 2
     assert len(processor.summary.blocks) == 2
+
+
+def test_record_message_id_only_ours(store: SQLStore) -> None:
+    fill_store(store, ["ours@example.com", "other@example.com"], "b@example.com")
+    ours = message_id_for("spring", normalise_address("ours@example.com")[1], "example.com")
+    messages = [
+        dsn(
+            "b@example.com",
+            "ours@example.com",
+            "5.1.1",
+            "550 5.1.1 User unknown",
+            f"Message-ID: {ours}\nSubject: Spring\n\nHello.\n".encode(),
+        ),
+        # Matched by address, but the returned copy is some other message.
+        dsn(
+            "b@example.com",
+            "other@example.com",
+            "5.1.1",
+            "550 5.1.1 User unknown",
+            b"Message-ID: <unrelated@example.org>\nSubject: Hi\n\nHello.\n",
+        ),
+    ]
+
+    run(store, messages)
+
+    log = table(
+        store, "SELECT recipient, message_id FROM delivery_log WHERE type = 'bounced' ORDER BY 1"
+    )
+    assert log == [("other@example.com", None), ("ours@example.com", ours)]
+
+
+def test_block_line_names_address_once(store: SQLStore) -> None:
+    fill_store(store, ["a@example.com"], "s@example.com")
+    text = "a@example.com: 554 5.7.1 Blocked by Spamhaus " + "x " * 150
+
+    processor = run(store, [dsn("s@example.com", "a@example.com", "5.7.1", text)])
+
+    [line] = processor.summary.blocks
+    assert line.startswith("a@example.com: 554 5.7.1 Blocked by Spamhaus")
+    assert line.count("a@example.com") == 1
+    assert line.endswith(" ...")
 
 
 def test_unmatched_goes_to_review(store: SQLStore, tmp_path: Path) -> None:

@@ -68,6 +68,17 @@ class MessageFinder:
                         return found
         return None
 
+    def message_id_of(self, message_ids: list[str], found: MessageRef) -> str | None:
+        """Return the one of ``message_ids`` that is the Message-ID of ``found``, if any.
+
+        A bounce matched by address can quote another message, whose Message-ID is not ours.
+        """
+        campaign = next((c for c in self.campaigns if c.id == found.campaign_id), None)
+        if campaign is None:
+            return None
+        ours = _local_part(message_id_for(campaign.name, found.key, "invalid"))
+        return next((m.strip() for m in message_ids if _local_part(m) == ours), None)
+
     def by_address(self, key: str) -> MessageRef | None:
         """Return the newest message to the address key, preferring one that was sent."""
         messages = self.store.find_messages_by_key(key)

@@ -165,7 +165,7 @@ class BounceProcessor:
             type=kind,
             time=now,
             message=target.id,
-            message_id=_original_message_id(report),
+            message_id=self.finder.message_id_of(_original_message_ids(report), target),
             recipient=target.address,
             code=failure.code,
             status=failure.status,
@@ -177,7 +177,9 @@ class BounceProcessor:
         self.summary.counts[outcome] += 1
 
         if outcome == "block":
-            self.summary.blocks.append(f"{target.address}: {_shorten(failure.diagnostic, 200)}")
+            # Diagnostics often start with the address, which the line already names.
+            diagnostic = failure.diagnostic.removeprefix(target.address).lstrip(" :")
+            self.summary.blocks.append(f"{target.address}: {_shorten(diagnostic, 200)}")
             log.warning("sender or policy block for %s: %s", target.address, failure.diagnostic)
         if outcome == "soft" and self._soft_limit_reached(target.key):
             self._suppress(target, SUPPRESSION_REASONS[BounceClass.SOFT], now)
@@ -269,10 +271,10 @@ def _fingerprint(message: Message, data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data.replace(b"\r\n", b"\n")).hexdigest()
 
 
-def _original_message_id(report: Report) -> str | None:
+def _original_message_ids(report: Report) -> list[str]:
     if report.original is None or not report.original.get("Message-ID"):
-        return None
-    return str(report.original["Message-ID"]).strip()
+        return []
+    return [str(report.original["Message-ID"]).strip()]
 
 
 def _shorten(text: str, limit: int) -> str:
