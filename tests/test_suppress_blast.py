@@ -81,3 +81,47 @@ def test_suppressed_mid_blast_not_sent(
     assert not [
         kind for recipient, kind in log if recipient in (early, late) and kind != "suppressed"
     ]
+
+
+def test_suppressed_after_envelope_ahead(
+    tmp_path: Path, store_location: str, start_sink: Callable[..., ThreadedSink]
+) -> None:
+    # The second message's envelope goes out behind the slow first message's final dot. It is
+    # suppressed while the relay holds that envelope, so the session must close instead of
+    # sending it, and a new session sends the rest.
+    sink = start_sink(keep_messages=True)
+    rows = person_rows(6)
+    rows[0][0] = "slow3-first@example.com"
+    target = rows[1][0]
+    write_list(tmp_path / "attendees.csv", rows)
+    relay = relay_block("only", sink.port, max_connections=1)
+    campaign = write_campaign(tmp_path, [relay], sending="batch_size = 2\n")
+    text = campaign.read_text(encoding="utf-8")
+    campaign.write_text(text.replace('"mailblast.db"', f'"{store_location}"'), encoding="utf-8")
+
+    sender = subprocess.Popen([*CLI, "send", str(campaign)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: sink.stats.connections > 0, "the blast to connect")
+        subprocess.run(
+            [*CLI, "suppress", "add", target, "--store", store_location],
+            check=True,
+            capture_output=True,
+        )
+        assert sink.stats.messages == 0, "the slow first message ended before the suppression"
+        _, err = sender.communicate(timeout=60)
+    finally:
+        sender.kill()
+    assert sender.returncode == 0, err
+
+    received = Counter(r for message in sink.stats.received for r in message.recipients)
+    assert set(received) == {row[0] for row in rows} - {target}
+    assert max(received.values()) == 1
+    assert sink.stats.connections >= 2
+    assert all(message.data for message in sink.stats.received)
+    opened = open_store(store_location)
+    campaign_id = opened.get_campaign("spring-gala").id  # type: ignore[union-attr]
+    log = [(r["recipient"], r["type"]) for r in opened.iter_log(campaign_id)]
+    opened.close()
+    # Closing the session is the plan, not a failure: no attempt is logged as deferred.
+    assert sorted(kind for _, kind in log) == ["sent"] * 5 + ["suppressed"]
+    assert (target, "suppressed") in log
