@@ -41,6 +41,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailblast.aio import loop_factory
 from mailblast.blast import preview
 from mailblast.config import load_campaign
 
@@ -654,6 +655,8 @@ def machine() -> dict[str, str | int]:
         "sqlite": sqlite3.sqlite_version,
         "kernel": platform.release(),
         "postfix": postfix or "unknown",
+        # The send runs in a child process of the same interpreter and environment.
+        "event_loop": "uvloop" if loop_factory() is not None else "asyncio",
     }
 
 
@@ -719,6 +722,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
 
+    print(f"event loop of the send: {machine()['event_loop']}")
     started = time.monotonic()
     write_list(workdir / "recipients.csv", arguments.recipients)
     write_templates(workdir)
