@@ -427,6 +427,10 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
+def sinks_cpu_seconds(sinks: Sequence[Sink]) -> float:
+    return sum(process_cpu_seconds(sink.process.pid) for sink in sinks)
+
+
 def run_mailblast(
     campaign_file: Path, directory: Path, processes: int
 ) -> dict[str, float | int | None]:
@@ -581,10 +585,10 @@ def measure_run(
     campaign_file = write_campaign(directory, workdir, ports, arguments)
 
     machine_before = busy_cpu_seconds()
-    sinks_before = sum(process_cpu_seconds(sink.process.pid) for sink in sinks)
+    sinks_before = sinks_cpu_seconds(sinks)
     send = run_mailblast(campaign_file, directory, arguments.processes)
     machine_cpu = busy_cpu_seconds() - machine_before
-    sinks_cpu = sum(process_cpu_seconds(sink.process.pid) for sink in sinks) - sinks_before
+    sinks_cpu = sinks_cpu_seconds(sinks) - sinks_before
     sent, send_seconds = sent_span(directory / "store.db")
     if sent != arguments.recipients:
         raise SystemExit(
@@ -593,11 +597,9 @@ def measure_run(
         )
 
     sessions = arguments.connections_per_relay
-    sinks_before_source = sum(process_cpu_seconds(sink.process.pid) for sink in sinks)
+    sinks_before_source = sinks_cpu_seconds(sinks)
     source_seconds = run_smtp_source(ports, workdir / "message-lf.eml", sent, sessions)
-    sinks_cpu_source = (
-        sum(process_cpu_seconds(sink.process.pid) for sink in sinks) - sinks_before_source
-    )
+    sinks_cpu_source = sinks_cpu_seconds(sinks) - sinks_before_source
     message = (workdir / "message.eml").read_bytes()
     smtplib_sent, smtplib_seconds = run_smtplib(ports[0], message, arguments.recipients)
 

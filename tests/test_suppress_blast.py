@@ -87,7 +87,7 @@ def test_suppressed_after_envelope_ahead(
     tmp_path: Path, store_location: str, start_sink: Callable[..., ThreadedSink]
 ) -> None:
     # The second message's envelope goes out behind the slow first message's final dot. It is
-    # suppressed while the relay holds that envelope, so the session must close instead of
+    # suppressed while the relay has that envelope, so the session must close instead of
     # sending it, and a new session sends the rest.
     sink = start_sink(keep_messages=True)
     rows = person_rows(6)

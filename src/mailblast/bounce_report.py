@@ -74,9 +74,9 @@ _QUOTED_HEADER = re.compile(
     re.I,
 )
 _ADDRESS = re.compile(r"[\w.+=-]+@[\w-]+(?:\.[\w-]+)+")
-# The au (KDDI) mail servers refuse an unknown address at RCPT with "550 <address>: User
-# unknown", but a message that the recipient's domain filter refuses at the end of DATA with
-# "550 : User unknown", the address left out. Only the second shape is read as a DATA rejection.
+# The au (KDDI) mail servers reject an unknown address at RCPT with "550 <address>: User
+# unknown". When the recipient's domain filter rejects the sender, they reply "550 : User
+# unknown" at the end of DATA, without the address. Only that second form is a DATA rejection.
 _KDDI_DOMAINS = re.compile(r"(^|\.)(ezweb\.ne\.jp|au\.com)$")
 _KDDI_FILTER_REPLY = re.compile(r"(?<!\d)550 : User unknown", re.I)
 

@@ -131,7 +131,7 @@ class Composer:
         when the address or the token cannot be written into the message.
         """
         timestamp = int(time.time() if now is None else now)
-        utf8 = smtputf8 or not address.isascii()
+        utf8 = needs_smtputf8(address, smtputf8)
         message_id = message_id_for(self._campaign.name, message_key, self._message_id_domain)
         envelope_sender = self.envelope_sender(token)
         links = self._unsubscribe.for_recipient(address) if self._unsubscribe else None
@@ -150,7 +150,7 @@ class Composer:
                 b"MIME-Version: 1.0\r\n",
                 # A signature covers the body octets, and a later hop without 8BITMIME would
                 # re-encode an 8bit body and break it (RFC 6376 section 5.3), so signed
-                # messages stay 7bit.
+                # messages keep quoted-printable for non-ASCII parts.
                 self._content(rendered, eight_bit and self._dkim is None),
             )
         )
@@ -159,7 +159,10 @@ class Composer:
         return Composed(data, message_id, envelope_sender, address, utf8)
 
     def envelope_sender(self, token: str) -> str:
-        """Return the MAIL FROM address with ``token`` (VERP); ValueError if it cannot be."""
+        """Return the MAIL FROM address with ``token`` (VERP).
+
+        Raises ValueError when the token cannot be part of an address.
+        """
         return _envelope_sender(self._campaign.envelope_sender, token)
 
     def _date(self, second: int) -> bytes:
@@ -235,6 +238,11 @@ def _free_boundary(boundary: str, *bodies: bytes) -> str:
         if not any(candidate.encode("ascii") in body for body in bodies):
             return candidate
         number += 1
+
+
+def needs_smtputf8(address: str, smtputf8: bool) -> bool:
+    """Return whether a message to ``address`` must go with SMTPUTF8 (a non-ASCII address)."""
+    return smtputf8 or not address.isascii()
 
 
 def message_id_for(campaign_name: str, message_key: str, domain: str) -> str:
@@ -486,7 +494,7 @@ def compose_slow(
     This is the reference for tests. It renders and cleans the header values as the fast path
     does and leaves all MIME and header encoding to the email package.
     """
-    utf8 = smtputf8 or not address.isascii()
+    utf8 = needs_smtputf8(address, smtputf8)
     message_id = message_id_for(campaign.name, message_key, hostname or campaign.from_domain)
     links = unsubscribe.for_recipient(address) if unsubscribe else None
     extra = _builtin_values(campaign, address, message_id, links)

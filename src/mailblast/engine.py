@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from mailblast.aio import raise_if_cancelling
-from mailblast.compose import Composer, message_id_for
+from mailblast.compose import Composer, message_id_for, needs_smtputf8
 from mailblast.config import Campaign
 from mailblast.errors import LeaseLostError, StoreError, TemplateError
 from mailblast.fleet import RelayLimits
@@ -580,13 +580,13 @@ class Engine:
         ):
             return None
         message = following.message
-        smtputf8 = message.smtputf8 or not message.address.isascii()
+        smtputf8 = needs_smtputf8(message.address, message.smtputf8)
         if smtputf8 and not connection.smtputf8:
             return None
         try:
             sender = self.composer.envelope_sender(str(message.id))
         except ValueError:
-            return None  # the attempt itself reports it
+            return None  # the message's own attempt reports the invalid token
         lines = connection.envelope_lines(sender, message.address, smtputf8)
         return None if isinstance(lines, Reply) else (message.id, lines)
 

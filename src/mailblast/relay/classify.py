@@ -72,7 +72,7 @@ _SESSION_COMMANDS = frozenset({Command.CONNECT, Command.EHLO, Command.STARTTLS, 
 _SENDER_STATUSES = frozenset({"5.1.7", "5.1.8"})
 _SOFT_STATUSES = frozenset({"5.2.2"})
 # X.7.13 "user account disabled" (RFC 4954) is about the client's own account at AUTH, but at
-# RCPT receivers use it for a disabled recipient account, which says nothing of the sender.
+# RCPT receivers use it for a disabled recipient account, which is not about the sender.
 _RECIPIENT_POLICY_STATUSES = frozenset({"5.7.13"})
 _RELAY_DENIED = re.compile(r"relay(ing)?\s+(access\s+)?(denied|not permitted|prohibited)", re.I)
 

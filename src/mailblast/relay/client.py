@@ -34,6 +34,11 @@ def dot_stuff(data: bytes) -> bytes:
     return data + b".\r\n"
 
 
+def command_lines(lines: Sequence[bytes]) -> bytes:
+    """Return command lines (without line ends) as one CRLF-terminated block."""
+    return b"\r\n".join(lines) + b"\r\n"
+
+
 class SMTPClient:
     """One SMTP connection; commands return the relay's reply for the caller to check."""
 
@@ -139,7 +144,7 @@ class SMTPClient:
 
     def write_lines(self, lines: Sequence[bytes]) -> None:
         """Write several command lines at once; read their replies in order (RFC 2920)."""
-        self.protocol.write(b"\r\n".join(lines) + b"\r\n")
+        self.protocol.write(command_lines(lines))
 
     async def read_reply(self) -> SMTPReply:
         return await self.protocol.read_reply(self.command_timeout)
@@ -149,10 +154,7 @@ class SMTPClient:
 
         ``then`` are command lines written in the same write, behind the final dot (RFC 2920).
         """
-        if then:
-            self.protocol.write(dot_stuff(data) + b"\r\n".join(then) + b"\r\n")
-        else:
-            self.protocol.write(dot_stuff(data))
+        self.protocol.write(dot_stuff(data) + command_lines(then) if then else dot_stuff(data))
         await self.protocol.drain()
         return await self.protocol.read_reply(timeout)
 

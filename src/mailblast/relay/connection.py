@@ -81,9 +81,9 @@ class RelayConnection:
     def is_open(self) -> bool:
         return self.client is not None and self.client.is_open
 
-    def has_envelope_ahead(self, key: object | None = None) -> bool:
-        """Return whether an envelope was written ahead (for the message ``key``, if given)."""
-        return self._ahead is not None and (key is None or self._ahead[0] == key)
+    def has_envelope_ahead(self, key: object) -> bool:
+        """Return whether the envelope of the message ``key`` was written ahead."""
+        return self._ahead is not None and self._ahead[0] == key
 
     async def open(self) -> None:
         """Connect and prepare the session; raise SessionError with a classified reason."""
@@ -335,14 +335,14 @@ class RelayConnection:
             self.close()
 
     async def quit(self) -> None:
-        client = self.client
-        self.client = None
-        if client is not None and self._ahead is not None:
+        if self._ahead is not None:
             # After the envelope written ahead the relay may be reading a message, so QUIT
             # would be message text. Closing without the final dot delivers nothing.
-            self._ahead = None
-            client.close()
-        elif client is not None:
+            self.close()
+            return
+        client = self.client
+        self.client = None
+        if client is not None:
             await client.quit(QUIT_TIMEOUT)
 
     def close(self) -> None:
