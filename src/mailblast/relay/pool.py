@@ -111,10 +111,12 @@ class RelayState(Generic[JobT]):
             return
         self.last_throttle = now
         self.allowed = max(1.0, self.allowed / 2)
+        sessions = int(self.allowed)
         logger.info(
-            "relay %s: throttled to at most %d concurrent sessions after: %s",
+            "relay %s: throttled to at most %d concurrent %s after: %s",
             self.name,
-            int(self.allowed),
+            sessions,
+            "session" if sessions == 1 else "sessions",
             reason,
         )
 
