@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jinja2 import StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
 
 from mailblast.config import Templates
 from mailblast.errors import TemplateError
@@ -184,3 +188,73 @@ def test_no_body_template_is_error() -> None:
     problems = problems_of(text=None, html=None)
 
     assert problems == ["campaign.text: missing; give a text template, an html template or both"]
+
+
+# Templates of text and plain variables skip Jinja's render loop; the output must not change.
+
+_VARIABLE_NAMES = ("name", "city", "email", "campaign")
+# Without "{", no two pieces can join into the start of a tag, a comment or an expression.
+_TEXT_PIECES = st.text(alphabet=st.sampled_from(list("ab <>&\"'\n\r\t}%#-é名Ж")), max_size=12)
+
+
+@st.composite
+def _plain_sources(draw: st.DrawFn) -> str:
+    pieces = draw(
+        st.lists(
+            st.one_of(
+                _TEXT_PIECES,
+                st.builds(
+                    "{{{{{}{}{}}}}}".format,
+                    st.sampled_from(["", "-", " ", "- "]),
+                    st.sampled_from(_VARIABLE_NAMES),
+                    st.sampled_from(["", "-", " ", " -"]),
+                ),
+            ),
+            max_size=8,
+        )
+    )
+    return "".join(pieces)
+
+
+def _jinja_render(source: str, autoescape: bool, context: dict[str, Any]) -> str:
+    environment = SandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=True
+    )
+    return environment.from_string(source).render(context)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    source=_plain_sources(),
+    values=st.lists(st.text(max_size=8), min_size=len(_VARIABLE_NAMES), max_size=4),
+)
+def test_plain_templates_render_as_jinja_does(source: str, values: list[str]) -> None:
+    fields = dict(zip(_VARIABLE_NAMES, values, strict=True))
+    templates = compile_templates(subject=source, text=source, html=source, to_name=source)
+
+    rendered = templates.render(fields, {})
+
+    assert rendered.subject == _jinja_render(source, False, fields)
+    assert rendered.text == _jinja_render(source, False, fields)
+    assert rendered.html == _jinja_render(source, True, fields)
+    assert rendered.to_name == rendered.text
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ name|upper }}, {{ city }}",
+        "{% if name %}{{ name }}{% endif %} in {{ city }}",
+        "{{ name ~ '!' }} {{ 'x' }}",
+        "{% raw %}{{ name }}{% endraw %} {{ city }}",
+        "{# note #}{{ name }}\r\n{{ city }}\r\n",
+    ],
+)
+def test_templates_with_tags_and_filters_render_as_jinja_does(source: str) -> None:
+    fields = {"name": "<Ann & Bo>", "city": "Zürich"}
+    templates = compile_templates(text=source, html=source)
+
+    rendered = templates.render(fields, {})
+
+    assert rendered.text == _jinja_render(source, False, fields)
+    assert rendered.html == _jinja_render(source, True, fields)

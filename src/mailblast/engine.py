@@ -431,6 +431,8 @@ class Engine:
         connection: RelayConnection | None = None
         # The job taken while the previous one was sent, whose envelope may be written ahead.
         following: Job | None = None
+        task = asyncio.current_task()
+        assert task is not None
         try:
             # Checking stopping as well as being cancelled: on Python 3.11 a cancellation that
             # meets a timeout's expiry can be lost (see aio.raise_if_cancelling). A job still
@@ -452,8 +454,6 @@ class Engine:
                         connection = None
                         continue
                     self.pool.notify()
-                task = asyncio.current_task()
-                assert task is not None
                 self._busy.add(task)
                 try:
                     connection, following = await self._send_job(relay, connection, job)

@@ -44,12 +44,14 @@ class Recorder:
         self.owner: str | None = None  # the run whose lease an in-flight mark requires
         # Sees every delivery record as it is handed over (the metrics of `send --metrics`).
         self.observer: Callable[[LogRecord], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def mark_in_flight(self, message: int) -> None:
         """Return once the message's in-flight mark is durable; raise StoreError if it cannot be."""
         if self.failed is not None:
             raise self.failed
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         self.in_flight.append(message)
         self.waiters.append(future)
         self.wake.set()
@@ -72,6 +74,8 @@ class Recorder:
 
     async def run(self) -> None:
         """Commit what has gathered, repeatedly, until stopped; raise on a store failure."""
+        # Kept for mark_in_flight: asyncio.get_running_loop() makes a getpid() system call.
+        self._loop = asyncio.get_running_loop()
         while not self.stopped or self.pending():
             await self.wake.wait()
             self.wake.clear()

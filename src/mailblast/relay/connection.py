@@ -14,6 +14,7 @@ only an envelope: until the next :meth:`RelayConnection.send` writes that messag
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import ssl
 import time
@@ -223,7 +224,7 @@ class RelayConnection:
 
     def envelope_lines(self, sender: str, recipient: str, smtputf8: bool) -> list[bytes] | Reply:
         """Return the MAIL, RCPT and DATA lines, or a message-scope reply if they cannot be sent."""
-        if any(character in sender + recipient for character in "\r\n<>"):
+        if _ENVELOPE_UNSAFE.search(sender) or _ENVELOPE_UNSAFE.search(recipient):
             text = f"address {recipient!r} or {sender!r} contains a line break or an angle bracket"
             return Reply(Command.MAIL, None, None, text, Scope.MESSAGE)
         mail = f"MAIL FROM:<{sender}>"
@@ -353,6 +354,8 @@ class RelayConnection:
 
 
 _ENVELOPE_COMMANDS = (Command.MAIL, Command.RCPT, Command.DATA)
+# A line break would end the command early and an angle bracket would end the path.
+_ENVELOPE_UNSAFE = re.compile("[\r\n<>]")
 
 
 def _accepted(command: Command, code: int) -> bool:

@@ -41,6 +41,7 @@ class ReplyProtocol(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer = bytearray()
         self._lines: list[str] = []
         self._replies: deque[SMTPReply] = deque()
@@ -63,6 +64,8 @@ class ReplyProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without deriving from it.
         self.transport = cast(asyncio.Transport, transport)
+        # Kept, because asyncio.get_running_loop() costs a getpid() system call each time.
+        self._loop = asyncio.get_running_loop()
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {type(exc).__name__}: {exc}" if exc else ""
@@ -140,7 +143,7 @@ class ReplyProtocol(asyncio.Protocol):
             return self._replies.popleft()
         if self._lost is not None:
             raise self._lost
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         waiter: asyncio.Future[SMTPReply] = loop.create_future()
         self._waiters.append(waiter)
         timer = loop.call_later(timeout, self._expire, waiter, timeout)
