@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
+
+import pytest
 
 from mailblast.config import RelaySettings
 from mailblast.relay.pool import (
@@ -100,7 +103,8 @@ def test_disabled_relay_never_chosen_until_enabled() -> None:
     assert chosen.name == "a"
 
 
-def test_throttle_halves_and_recovers() -> None:
+def test_throttle_halves_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mailblast.relay")
     state: RelayState[int] = RelayState(relay("a", max_connections=8))
     state.throttle("421", 0.0)
     assert state.allowed == 4
@@ -116,6 +120,9 @@ def test_throttle_halves_and_recovers() -> None:
         successes += 1
     assert 20 <= successes <= 40
     assert state.allowed == 8
+    state.recover()
+    recovered = [r.getMessage() for r in caplog.records if "back to" in r.getMessage()]
+    assert recovered == ["relay a: back to 8 concurrent sessions"]
 
 
 def test_smtputf8_relay_skipped_when_known_without() -> None:

@@ -114,9 +114,10 @@ def print_plan(plan: Plan, source: str) -> None:
         f"  rule of thumb  = 1 server per {RULE_MESSAGES_PER_SERVER:,} messages"
         f" = {plan.rule_of_thumb_servers} servers for a {RULE_HOURS[0]}-{RULE_HOURS[1]} h send,"
         f" which assumes {min(rule_rates):.1f}-{max(rule_rates):.1f} msg/s per server"
+        " (the old practice, for comparison only)"
     )
     if plan.headroom < LOW_HEADROOM:
         print(
-            f"  note: under {LOW_HEADROOM:.0%} headroom, deferrals or throttling miss the"
-            " deadline; plan one more relay"
+            f"  note: under {LOW_HEADROOM:.0%} headroom, deferrals or throttling can push the"
+            " send past the deadline; plan one more relay"
         )

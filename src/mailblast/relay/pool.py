@@ -122,8 +122,12 @@ class RelayState(Generic[JobT]):
 
     def recover(self) -> None:
         """Grow the sessions allowed back towards max_connections after a success."""
-        if self.allowed < self.settings.max_connections:
-            self.allowed = min(self.settings.max_connections, self.allowed + 1 / self.allowed)
+        maximum = self.settings.max_connections
+        if self.allowed < maximum:
+            self.allowed = min(maximum, self.allowed + 1 / self.allowed)
+            if self.allowed == maximum:
+                # Logged once per recovery, so that a later throttle line reads as a new event.
+                logger.info("relay %s: back to %d concurrent sessions", self.name, maximum)
 
     def session_allowed(self, slot: int) -> bool:
         return slot < int(self.allowed)
