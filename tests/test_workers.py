@@ -16,7 +16,7 @@ import pytest
 from conftest import person_rows, relay_block, write_campaign, write_list
 from mailblast import blast, worker
 from mailblast.cli.main import main
-from mailblast.cli.progress import _fleet_line
+from mailblast.cli.progress import _fleet_line, _status_line
 from mailblast.cli.status import describe_run
 from mailblast.config import load_campaign
 from mailblast.engine import RunStats
@@ -149,6 +149,14 @@ def test_status_line_of_worker() -> None:
     run = {"id": "h:1:ab", "host": "h", "pid": 1, "started_at": 100.0, "heartbeat_at": 110.0}
     line = describe_run({**run, "sent": 5000}, now=112.0)
     assert line == "worker h:1:ab on h (pid 1): 5000 sent, 500 msg/s, last heartbeat 2s ago"
+
+
+def test_progress_line_counts_deferrals() -> None:
+    stats = RunStats()
+    stats.outcomes.update({"sent": 900, "deferred": 40, "bounced": 10})
+    line = _status_line(stats, total=1000, done_before=0, elapsed=10.0)
+    # 40 deferred attempts, though at most 90 messages are still waiting.
+    assert line.startswith("910/1000 final, sent 900, deferrals 40, bounced 10, failed 0,")
 
 
 def test_progress_line_of_shared_store() -> None:

@@ -1,7 +1,8 @@
 """Live progress while sending, and the summary printed at the end.
 
-On a terminal a rich progress bar shows sent, deferred and failed counts, the rate and the ETA;
-otherwise (a log file, CI) a plain line is logged every ``LOG_INTERVAL`` seconds.
+On a terminal a rich progress bar shows the sent, bounced and failed messages, the deferred
+attempts, the rate and the ETA. Otherwise (a log file, CI) a plain line is logged every
+``LOG_INTERVAL`` seconds.
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ def _status_line(stats: RunStats, total: int, done_before: int, elapsed: float) 
     parts = [
         f"{done}/{total} final",
         f"sent {outcomes['sent']}",
-        f"deferred {outcomes['deferred']}",
+        # Attempts deferred in this run: a message retried twice counts twice.
+        f"deferrals {outcomes['deferred']}",
         f"bounced {outcomes['bounced']}",
         f"failed {outcomes['failed']}",
         f"{rate:.0f} msg/s",
