@@ -339,6 +339,9 @@ class RelayConnection:
         if self._ahead is not None:
             # After the envelope written ahead the relay may be reading a message, so QUIT
             # would be message text. Closing without the final dot delivers nothing.
+            # NOTE: the relay's replies to that envelope are never read, so a refusal among
+            # them (say, a greylisting 451 at RCPT) is not in the delivery log. The relay
+            # counts it as a try; the message's next attempt is logged as usual.
             self.close()
             return
         client = self.client
