@@ -627,7 +627,7 @@ def test_body_line_ends_and_encoding(text: str, eight_bit: bool) -> None:
 @pytest.mark.parametrize("length", [997, 998, 999, 1000])
 @pytest.mark.parametrize("before", [0, 1, 40])
 @pytest.mark.parametrize("after", [0, 1, 40])
-def test_body_line_of_998_octets_is_the_limit(length: int, before: int, after: int) -> None:
+def test_body_line_limit_998_octets(length: int, before: int, after: int) -> None:
     lines = ["short line"] * before + ["x" * length] + ["y" * 90] * after
     text = "\n".join(lines) + "\n"
 

@@ -190,7 +190,8 @@ def test_no_body_template_is_error() -> None:
     assert problems == ["campaign.text: missing; give a text template, an html template or both"]
 
 
-# Templates of text and plain variables skip Jinja's render loop; the output must not change.
+# Templates of text and plain variables skip Jinja's render loop, so their output is compared
+# with what Jinja renders.
 
 _VARIABLE_NAMES = ("name", "city", "email", "campaign")
 # Without "{", no two pieces can join into the start of a tag, a comment or an expression.
@@ -228,7 +229,7 @@ def _jinja_render(source: str, autoescape: bool, context: dict[str, Any]) -> str
     source=_plain_sources(),
     values=st.lists(st.text(max_size=8), min_size=len(_VARIABLE_NAMES), max_size=4),
 )
-def test_plain_templates_render_as_jinja_does(source: str, values: list[str]) -> None:
+def test_plain_templates_match_jinja(source: str, values: list[str]) -> None:
     fields = dict(zip(_VARIABLE_NAMES, values, strict=True))
     templates = compile_templates(subject=source, text=source, html=source, to_name=source)
 
@@ -250,7 +251,7 @@ def test_plain_templates_render_as_jinja_does(source: str, values: list[str]) ->
         "{# note #}{{ name }}\r\n{{ city }}\r\n",
     ],
 )
-def test_templates_with_tags_and_filters_render_as_jinja_does(source: str) -> None:
+def test_tagged_templates_match_jinja(source: str) -> None:
     fields = {"name": "<Ann & Bo>", "city": "Zürich"}
     templates = compile_templates(text=source, html=source)
 

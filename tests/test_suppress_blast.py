@@ -24,6 +24,34 @@ def wait_for(condition: Callable[[], bool], description: str, timeout: float = 1
         time.sleep(0.02)
 
 
+def single_connection_campaign(tmp_path: Path, store_location: str, port: int) -> Path:
+    """Write a campaign with one single-connection relay, batch_size 2, on ``store_location``."""
+    relay = relay_block("only", port, max_connections=1)
+    campaign = write_campaign(tmp_path, [relay], sending="batch_size = 2\n")
+    text = campaign.read_text(encoding="utf-8")
+    campaign.write_text(text.replace('"mailblast.db"', f'"{store_location}"'), encoding="utf-8")
+    return campaign
+
+
+def send_suppressing(
+    campaign: Path, store_location: str, sink: ThreadedSink, addresses: list[str]
+) -> None:
+    """Run `send`, and suppress ``addresses`` while its slow first message is in progress."""
+    sender = subprocess.Popen([*CLI, "send", str(campaign)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: sink.stats.connections > 0, "the blast to connect")
+        subprocess.run(
+            [*CLI, "suppress", "add", *addresses, "--store", store_location],
+            check=True,
+            capture_output=True,
+        )
+        assert sink.stats.messages == 0, "the slow first message ended before the suppression"
+        _, err = sender.communicate(timeout=60)
+    finally:
+        sender.kill()
+    assert sender.returncode == 0, err
+
+
 def test_suppressed_mid_blast_not_sent(
     tmp_path: Path, store_location: str, start_sink: Callable[..., ThreadedSink]
 ) -> None:
@@ -36,25 +64,10 @@ def test_suppressed_mid_blast_not_sent(
     rows[0][0] = "slow3-first@example.com"
     early, late = rows[2][0], rows[8][0]
     write_list(tmp_path / "attendees.csv", rows)
-    relay = relay_block("only", sink.port, max_connections=1)
-    campaign = write_campaign(tmp_path, [relay], sending="batch_size = 2\n")
-    text = campaign.read_text(encoding="utf-8")
-    campaign.write_text(text.replace('"mailblast.db"', f'"{store_location}"'), encoding="utf-8")
+    campaign = single_connection_campaign(tmp_path, store_location, sink.port)
     store = store_location
 
-    sender = subprocess.Popen([*CLI, "send", str(campaign)], stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: sink.stats.connections > 0, "the blast to connect")
-        subprocess.run(
-            [*CLI, "suppress", "add", early.upper(), late, "--store", store],
-            check=True,
-            capture_output=True,
-        )
-        assert sink.stats.messages == 0, "the slow first message ended before the suppression"
-        _, err = sender.communicate(timeout=60)
-    finally:
-        sender.kill()
-    assert sender.returncode == 0, err
+    send_suppressing(campaign, store, sink, [early.upper(), late])
 
     received = Counter(r for message in sink.stats.received for r in message.recipients)
     expected = {row[0] for row in rows} - {early, late}
@@ -94,24 +107,9 @@ def test_suppressed_after_envelope_ahead(
     rows[0][0] = "slow3-first@example.com"
     target = rows[1][0]
     write_list(tmp_path / "attendees.csv", rows)
-    relay = relay_block("only", sink.port, max_connections=1)
-    campaign = write_campaign(tmp_path, [relay], sending="batch_size = 2\n")
-    text = campaign.read_text(encoding="utf-8")
-    campaign.write_text(text.replace('"mailblast.db"', f'"{store_location}"'), encoding="utf-8")
+    campaign = single_connection_campaign(tmp_path, store_location, sink.port)
 
-    sender = subprocess.Popen([*CLI, "send", str(campaign)], stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: sink.stats.connections > 0, "the blast to connect")
-        subprocess.run(
-            [*CLI, "suppress", "add", target, "--store", store_location],
-            check=True,
-            capture_output=True,
-        )
-        assert sink.stats.messages == 0, "the slow first message ended before the suppression"
-        _, err = sender.communicate(timeout=60)
-    finally:
-        sender.kill()
-    assert sender.returncode == 0, err
+    send_suppressing(campaign, store_location, sink, [target])
 
     received = Counter(r for message in sink.stats.received for r in message.recipients)
     assert set(received) == {row[0] for row in rows} - {target}

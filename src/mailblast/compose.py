@@ -470,7 +470,7 @@ def encode_body(text: str, *, eight_bit: bool = False) -> tuple[bytes, str]:
 
 
 def _has_long_line(data: bytes) -> bool:
-    """Return whether a line of ``data`` passes MAX_LINE_OCTETS; every line ends with CRLF.
+    """Return whether a line of ``data`` is longer than MAX_LINE_OCTETS; each line ends in CRLF.
 
     Each step jumps to the last LF within one longest line's reach, so it looks at a few
     positions per kilobyte instead of splitting the part into lines.

@@ -9,6 +9,10 @@ With PIPELINING the next message's MAIL, RCPT and DATA can go out in the same wr
 final dot (RFC 2920 section 3.1), so a message costs one write and one read. Those commands are
 only an envelope: until the next :meth:`RelayConnection.send` writes that message after its
 354, nothing of it is handed over, and a session that does not send it is closed.
+
+NOTE: the relay's replies to such an abandoned envelope are never read, so a rejection among
+them (a greylisting 451 at RCPT, say) is not in the delivery log, although the relay may count
+it. The message's next attempt is logged as usual.
 """
 
 from __future__ import annotations
@@ -339,9 +343,6 @@ class RelayConnection:
         if self._ahead is not None:
             # After the envelope written ahead the relay may be reading a message, so QUIT
             # would be message text. Closing without the final dot delivers nothing.
-            # NOTE: the relay's replies to that envelope are never read, so a refusal among
-            # them (say, a greylisting 451 at RCPT) is not in the delivery log. The relay
-            # counts it as a try; the message's next attempt is logged as usual.
             self.close()
             return
         client = self.client
